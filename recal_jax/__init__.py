@@ -1,0 +1,33 @@
+"""recal_jax: train LLM routers with RL and calibrated rewards (ReCal), in JAX.
+
+The maths lives in small modules of pure functions:
+
+  recal_jax.advantage    GRPO / Dr. GRPO / RLOO / GDPO / ReCal group advantages
+  recal_jax.calibration  variance-aware weights, per-dataset normalisation
+  recal_jax.losses       clipped policy-gradient surrogate, KL, entropy, aggregation
+  recal_jax.rewards      routing reward components and the Router-R1 scalar reward
+  recal_jax.segments     the segment statistics all of them share
+"""
+
+from recal_jax import advantage
+from recal_jax import calibration
+from recal_jax import rewards
+from recal_jax import segments
+from recal_jax.advantage import (
+    Hierarchy,
+    METHODS,
+    ReCalConfig,
+    ReCalOutput,
+    check_inputs,
+    componentwise_advantages,
+    gdpo_advantages,
+    group_stats,
+    grpo_advantages,
+    hierarchical_gate,
+    method_config,
+    recal_advantages,
+    rloo_advantages,
+    whiten,
+)
+
+__version__ = "0.1.0"
