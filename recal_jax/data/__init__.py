@@ -1,0 +1,71 @@
+"""Routing data: the `RoutingTable` form, its builders and featurizers.
+
+`load_table(name, ...)` is the one entry point:
+
+  'synthetic'        the embedded synthetic world (`make_synthetic`), latent
+                     features unless a text `featurizer` is asked for
+  'jsonl:<path>'     a user's own logs (`jsonl.load_jsonl`, schema in its docstring)
+  'routeprofile', 'llmrouter_seven', 'routellm'
+                     real logs (`recal_jax.data.real.load_real_table`)
+
+Imports are light: numpy only. TFDS, JAX and model code load only when a
+builder that needs them is called.
+"""
+
+from __future__ import annotations
+
+from recal_jax.data.features import featurize
+from recal_jax.data.features import make_featurizer
+from recal_jax.data.synthetic import make_synthetic
+from recal_jax.data.table import RoutingDataError
+from recal_jax.data.table import RoutingTable
+
+REAL_DATASETS = ("routeprofile", "llmrouter_seven", "routellm")
+DEFAULT_TEXT_FEATURIZER = "hashing"
+
+__all__ = ["RoutingTable", "RoutingDataError", "load_table", "make_synthetic",
+           "make_featurizer", "featurize", "REAL_DATASETS"]
+
+
+def load_table(name: str, *, featurizer: str | None = None, manual_dir=None,
+               seed: int = 0, **kwargs) -> RoutingTable:
+  """Builds a `RoutingTable` by name, with features.
+
+  Args:
+    name: 'synthetic', 'jsonl:<path>', or one of `REAL_DATASETS`.
+    featurizer: identity or short name for `make_featurizer` ('hashing',
+      'hashing-v1:dim=...', 'minilm', ...). None keeps the synthetic table's
+      latent features, and means 'hashing' for tables without features.
+    manual_dir: directory holding manually downloaded files (real datasets).
+    seed: draws the synthetic table; seeds the stratified split of queries
+      without a given split.
+    **kwargs: more arguments for the builder (`make_synthetic`: num_queries,
+      feature_dim, split_fractions; `load_jsonl`: arms, datasets, prices,
+      split_fractions).
+
+  Returns:
+    A validated `RoutingTable` whose `featurizer` names how features were made.
+
+  Raises:
+    ValueError: unknown name or unexpected arguments.
+    RoutingDataError: malformed data.
+  """
+  if name == "synthetic":
+    table = make_synthetic(seed=seed, **kwargs)
+    if featurizer is None or featurizer == table.featurizer:
+      return table
+  elif name.startswith("jsonl:"):
+    from recal_jax.data import jsonl  # pylint: disable=import-outside-toplevel
+    path = name[len("jsonl:"):]
+    if not path:
+      raise ValueError("load_table('jsonl:<path>'): the path is empty")
+    table = jsonl.load_jsonl(path, seed=seed, **kwargs)
+  elif name in REAL_DATASETS:
+    from recal_jax.data import real  # pylint: disable=import-outside-toplevel
+    table = real.load_real_table(name, manual_dir=manual_dir, seed=seed, **kwargs)
+  else:
+    raise ValueError(f"unknown routing table {name!r}; expected 'synthetic', "
+                     f"'jsonl:<path>' or one of {REAL_DATASETS}")
+  if featurizer is None and table.feature_dim > 0:
+    return table.validate()
+  return featurize(table, featurizer or DEFAULT_TEXT_FEATURIZER).validate()
