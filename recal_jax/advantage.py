@@ -23,12 +23,22 @@ Conventions (every one is a keyword argument; see PEERS.md for the peers'):
 Every public function is pure, jit-able, vmap-able, and takes `axis_name` so
 a batch sharded over devices (`shard_map` / `pmap`) gives the statistics of
 the global batch; under `jit` with sharded inputs (GSPMD) no flag is needed.
+
+Speed: the usual layout, `group_ids = repeat(arange(B), G)` (every group G
+contiguous rows, in order) with each group inside one dataset, has a fast
+path in `recal_advantages` and `grpo_advantages` (`group_size`, "auto" by
+default): group sums are strided adds over the `[B, G]` view of the rows,
+dataset sums go through the B group sums, and per-group values are read
+back by a broadcast, with no scatter or gather over the N rows. The layout
+is checked at run time (one pass over the ids) and any other layout takes
+the general path (scatter-adds), so the result never depends on the layout,
+only the speed (and float rounding).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +46,17 @@ import numpy as np
 
 from recal_jax import calibration
 from recal_jax import rewards as rewards_lib
-from recal_jax.segments import SegmentStats, segment_stats, segment_sum
+from recal_jax import segments as segments_lib
+from recal_jax.segments import (ContiguousSegments, Moments, NestedSegments,
+                                ScatterSegments, Segmentation, SegmentStats,
+                                WholeBatch, segment_stats)
 
 Array = jax.Array
 
 STD_SCALINGS = ("group", "batch", "none")
 SINGLETON_RULES = ("zero", "raw")
 ESTIMATORS = ("grpo", "rloo")
+GroupSize = Union[int, str, None]
 
 
 # ----------------------------------------------------------------- checks
@@ -77,13 +91,35 @@ def _check_rewards(rewards: Array, ndim: int, name: str = "rewards") -> Array:
   return rewards
 
 
+def _check_choices(std_scaling: str, singleton: str) -> None:
+  if std_scaling not in STD_SCALINGS:
+    raise ValueError(f"std_scaling must be one of {STD_SCALINGS}, got {std_scaling!r}")
+  if singleton not in SINGLETON_RULES:
+    raise ValueError(f"singleton must be one of {SINGLETON_RULES}, got {singleton!r}")
+
+
+def _columns(x: Array) -> list[Array]:
+  return [x] if x.ndim == 1 else [x[:, k] for k in range(x.shape[1])]
+
+
+def _all_finite(columns: Sequence[Array]) -> Array:
+  """Row-wise float 1/0: every column finite (no reduce over a minor axis)."""
+  finite = jnp.isfinite(columns[0])
+  for c in columns[1:]:
+    finite = finite & jnp.isfinite(c)
+  return finite.astype(jnp.float32)
+
+
+def _in_range(seg: Segmentation):
+  ok = seg.in_range()
+  return 1.0 if ok is None else ok.astype(jnp.float32)
+
+
 def _valid_rows(rewards: Array, ids: Array, num: int, mask: Array) -> Array:
   """Mask of rows that are valid, finite and whose id is in range."""
-  finite = jnp.isfinite(rewards)
-  if finite.ndim > 1:
-    finite = finite.all(axis=tuple(range(1, finite.ndim)))
+  finite = _all_finite(_columns(rewards))
   in_range = (ids >= 0) & (ids < num)
-  return mask * finite.astype(mask.dtype) * in_range.astype(mask.dtype)
+  return mask * finite * in_range.astype(mask.dtype)
 
 
 def check_inputs(components, group_ids, num_groups, dataset_ids=None,
@@ -113,6 +149,121 @@ def check_inputs(components, group_ids, num_groups, dataset_ids=None,
       raise ValueError(f"{name}[{i}] = {int(ids[i])} is outside [0, {num})")
 
 
+# ------------------------------------------------------ layout fast path
+class _Layout(NamedTuple):
+  ok: Array  # bool scalar: the ids follow the contiguous layout
+  size: int  # G, rows per group (static)
+  first: Optional[Array]  # group id of the first block, None if static 0
+  coarse: Optional[Array]  # [N / G] dataset id of each block, or None
+
+
+def _contiguous_layout(group_ids: Array, num_groups: int, given: Array,
+                       group_size: GroupSize, axis_name: Optional[str],
+                       dataset_ids: Optional[Array] = None) -> Optional[_Layout]:
+  """Static set-up and run-time check of the `[N / G, G]` fast path.
+
+  `group_size`: "auto" (G = N / num_groups when that divides and there is no
+  `axis_name`), an int G (the caller's expected layout, still checked; works
+  under `shard_map`), or None (never: always the general path). Returns None
+  when no fast path applies statically; else `_Layout`, whose `ok` is true iff
+  every row with mask > 0 has `group_ids[i] == first + i // G`, the blocks
+  [first, first + N / G) lie in [0, num_groups), and (with `dataset_ids`)
+  every such row of a block has the dataset id of the block's first row.
+  Rows with mask 0 may hold any ids. Under `axis_name`, `ok` is the AND over
+  devices, so every device takes the same branch.
+  """
+  n = group_ids.shape[0]
+  if group_size is None:
+    return None
+  if isinstance(group_size, str):
+    if group_size != "auto":
+      raise ValueError(f"group_size must be 'auto', an int or None, got {group_size!r}")
+    if axis_name is not None or n == 0 or n % num_groups:
+      return None
+    size = n // num_groups
+  else:
+    if (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
+        or group_size < 1):
+      raise ValueError(f"group_size must be 'auto', a positive int or None, got {group_size!r}")
+    size = int(group_size)
+    if n % size:
+      raise ValueError(f"group_size={size} does not divide the batch N={n}")
+  num_local = n // size
+  if num_local > num_groups:
+    return None  # more blocks than groups: the layout cannot hold
+  ids = group_ids.reshape(num_local, size)
+  live = given.reshape(num_local, size) > 0
+  first = ids[0, 0]
+  good = ids == first + jnp.arange(num_local, dtype=ids.dtype)[:, None]
+  coarse = None
+  if dataset_ids is not None:
+    dids = dataset_ids.reshape(num_local, size)
+    coarse = dids[:, 0]
+    good = good & (dids == coarse[:, None])
+  ok = jnp.all(good | ~live) & (first >= 0) & (first + num_local <= num_groups)
+  if axis_name is not None:
+    ok = jax.lax.pmin(ok.astype(jnp.int32), axis_name) > 0
+  static = axis_name is None and num_local == num_groups
+  return _Layout(ok=ok, size=size, first=None if static else first, coarse=coarse)
+
+
+# ------------------------------------------------ estimators on moments
+def _center_scale(mo: Moments, *, estimator: str = "grpo",
+                  std_scaling: str = "group", ddof: int = 0, eps: float = 1e-6,
+                  singleton: str = "zero") -> tuple[Array, Array]:
+  """Per-segment `(center, scale)`: A = (x - center) * scale on member rows.
+
+  GRPO: center = mean, scale = 1 / (s + eps) with s the group std, the batch
+  std, or 1. RLOO: A = n / (n - 1) (x - mean). A one-member group: center 0
+  and scale 1 / (1 + eps) (GRPO) or 1 (RLOO) for `singleton='raw'`, else
+  scale 0.
+  """
+  count = mo.count
+  lone_scale = 0.0
+  if estimator == "grpo":
+    if std_scaling == "group":
+      s = jnp.sqrt(mo.var(ddof))
+    elif std_scaling == "batch":
+      s = jnp.broadcast_to(jnp.sqrt(_batch_moments(mo).var(ddof)), count.shape)
+    else:
+      s = jnp.ones_like(count)
+    center, scale = mo.mean, 1.0 / (s + eps)
+    if singleton == "zero":
+      return center, scale
+    lone = count == 1
+    return jnp.where(lone, 0.0, center), jnp.where(lone, 1.0 / (1.0 + eps), scale)
+  if singleton == "raw":
+    lone_scale = 1.0
+  many = count > 1
+  return (jnp.where(many, mo.mean, 0.0),
+          jnp.where(many, count / jnp.maximum(count - 1.0, 1.0), lone_scale))
+
+
+def _batch_moments(mo: Moments) -> Moments:
+  """Moments of the whole batch from per-segment moments (exact merge)."""
+  return segments_lib._merge(  # pylint: disable=protected-access
+      [mo], lambda xs: [jnp.sum(x, keepdims=True) for x in xs], lambda t: t)[0]
+
+
+def _apply(values: Array, member: Array, seg: Segmentation, center: Array,
+           scale: Array) -> Array:
+  """(x - center[s(i)]) * scale[s(i)] on member rows, 0 elsewhere."""
+  return jnp.where(member > 0, (values - seg.take(center)) * seg.take(scale), 0.0)
+
+
+def _sum_sq(mo: Moments, center: Array, scale: Array) -> Array:
+  """sum over member rows of ((x - center) * scale)^2, per segment, exactly."""
+  d = mo.mean - center
+  return scale * scale * (mo.m2 + 2.0 * d * (mo.total - mo.count * mo.mean)
+                          + mo.count * d * d)
+
+
+def _estimate(values: Array, member: Array, seg: Segmentation,
+              **kwargs) -> Array:
+  mo = seg.moments([values], [member])[0]
+  return _apply(values, member, seg, *_center_scale(mo, **kwargs))
+
+
 # ------------------------------------------------------ group statistics
 def group_stats(values: Array, group_ids: Array, num_groups: int,
                 mask: Optional[Array] = None, *, ddof: int = 0,
@@ -139,52 +290,12 @@ def group_stats(values: Array, group_ids: Array, num_groups: int,
                        axis_name=axis_name)
 
 
-def _batch_std(values: Array, mask: Array, ddof: int,
-               axis_name: Optional[str]) -> Array:
-  """Std over every valid row of the batch (per column if `[N, K]`)."""
-  zeros = jnp.zeros(values.shape[0], jnp.int32)
-  return segment_stats(values, zeros, 1, mask, ddof=ddof,
-                       axis_name=axis_name).std[0]
-
-
-def _normalized_deviation(values: Array, group_ids: Array, num_groups: int,
-                          mask: Array, *, std_scaling: str, ddof: int,
-                          eps: float, singleton: str,
-                          axis_name: Optional[str]) -> Array:
-  """(x - mean_g) / (scale + eps) for `[N]` or `[N, K]` values, 0 off-mask.
-
-  `mask` may be `[N]` or `[N, K]` (a column-specific membership, used for
-  conditional component statistics).
-  """
-  if std_scaling not in STD_SCALINGS:
-    raise ValueError(f"std_scaling must be one of {STD_SCALINGS}, got {std_scaling!r}")
-  if singleton not in SINGLETON_RULES:
-    raise ValueError(f"singleton must be one of {SINGLETON_RULES}, got {singleton!r}")
-  stats = segment_stats(values, group_ids, num_groups, mask, ddof=ddof,
-                        axis_name=axis_name)
-  m = mask if mask.ndim == values.ndim else mask.reshape(mask.shape + (1,) * (values.ndim - 1))
-  m = jnp.broadcast_to(m, values.shape)
-  safe_values = jnp.where(m > 0, values, 0.0)
-  mean = stats.mean[group_ids]
-  if std_scaling == "group":
-    scale = stats.std[group_ids]
-  elif std_scaling == "batch":
-    scale = jnp.broadcast_to(_batch_std(values, mask, ddof, axis_name), values.shape)
-  else:
-    scale = jnp.ones_like(values)
-  adv = (safe_values - mean) / (scale + eps)
-  if singleton == "raw":
-    # verl's loop: a one-member group has mean 0 and std 1.
-    lone = stats.count[group_ids] == 1
-    adv = jnp.where(lone, safe_values / (1.0 + eps), adv)
-  return jnp.where(m > 0, adv, 0.0)
-
-
 # ---------------------------------------------------- scalar estimators
 def grpo_advantages(rewards: Array, group_ids: Array, num_groups: int,
                     mask: Optional[Array] = None, *, std_scaling: str = "group",
                     ddof: int = 0, eps: float = 1e-6, singleton: str = "zero",
-                    axis_name: Optional[str] = None) -> Array:
+                    axis_name: Optional[str] = None,
+                    group_size: GroupSize = "auto") -> Array:
   """GRPO group-relative advantages (and Dr. GRPO with `std_scaling='none'`).
 
     A_i = (r_i - mean_{g(i)}(r)) / (s_i + eps)
@@ -203,18 +314,39 @@ def grpo_advantages(rewards: Array, group_ids: Array, num_groups: int,
     singleton: what a one-member group gets: 'zero' (A = 0) or 'raw'
       (A = r / (1 + eps), verl's loop).
     axis_name: mapped axis to reduce the statistics over.
+    group_size: the contiguous-layout fast path (module docstring): "auto",
+      an int rows-per-group, or None (always the general path). Only speed
+      depends on it.
 
   Returns:
     `[N]` float32 advantages. A zero-spread group gives A = 0; rows that are
     masked, non-finite or have an out-of-range group id give 0.
   """
+  _check_choices(std_scaling, singleton)
   rewards = _check_rewards(rewards, 1)
   n = rewards.shape[0]
   group_ids = _check_ids("group_ids", group_ids, n, num_groups)
-  mask = _valid_rows(rewards, group_ids, num_groups, _as_mask(mask, n))
-  return _normalized_deviation(rewards, group_ids, num_groups, mask,
-                               std_scaling=std_scaling, ddof=ddof, eps=eps,
-                               singleton=singleton, axis_name=axis_name)
+  given = _as_mask(mask, n)
+  kwargs = dict(estimator="grpo", std_scaling=std_scaling, ddof=ddof, eps=eps,
+                singleton=singleton)
+
+  def run(r, given, seg):
+    valid = given * _all_finite([r]) * _in_range(seg)
+    return _estimate(r, valid, seg, **kwargs)
+
+  def general():
+    return run(rewards, given, ScatterSegments(group_ids, num_groups, axis_name))
+
+  layout = _contiguous_layout(group_ids, num_groups, given, group_size, axis_name)
+  if layout is None:
+    return general()
+
+  def fast():
+    shape = (n // layout.size, layout.size)
+    seg = ContiguousSegments(num_groups, shape, layout.first, axis_name)
+    return run(rewards, given, seg)
+
+  return jax.lax.cond(layout.ok, fast, general)
 
 
 def rloo_advantages(rewards: Array, group_ids: Array, num_groups: int,
@@ -236,13 +368,8 @@ def rloo_advantages(rewards: Array, group_ids: Array, num_groups: int,
   n = rewards.shape[0]
   group_ids = _check_ids("group_ids", group_ids, n, num_groups)
   mask = _valid_rows(rewards, group_ids, num_groups, _as_mask(mask, n))
-  safe = jnp.where(mask > 0, rewards, 0.0)
-  sums = segment_sum(jnp.stack([mask, safe], -1), group_ids, num_groups, axis_name)
-  count, total = sums[group_ids, 0], sums[group_ids, 1]
-  others = jnp.maximum(count - 1.0, 1.0)
-  adv = safe - (total - safe) / others
-  adv = jnp.where(count > 1, adv, safe if singleton == "raw" else 0.0)
-  return jnp.where(mask > 0, adv, 0.0)
+  return _estimate(rewards, mask, ScatterSegments(group_ids, num_groups, axis_name),
+                   estimator="rloo", singleton=singleton)
 
 
 def whiten(values: Array, mask: Optional[Array] = None, *, ddof: int = 0,
@@ -255,10 +382,7 @@ def whiten(values: Array, mask: Optional[Array] = None, *, ddof: int = 0,
   values = _check_rewards(values, 1, "values")
   n = values.shape[0]
   mask = _as_mask(mask, n)
-  zeros = jnp.zeros((n,), jnp.int32)
-  return _normalized_deviation(values, zeros, 1, mask, std_scaling="group",
-                               ddof=ddof, eps=eps, singleton="zero",
-                               axis_name=axis_name)
+  return _estimate(values, mask, WholeBatch((n,), axis_name), ddof=ddof, eps=eps)
 
 
 # ------------------------------------------- stage 1: hierarchical gate
@@ -309,6 +433,53 @@ class Hierarchy:
     return tuple(out)
 
 
+def _pack(bools: Sequence[Array]) -> Array:
+  """Row-wise booleans packed into one uint8 (or int32) row array.
+
+  XLA materialises a row mask that several loops read; packed, that is one
+  byte a row instead of a float32 array per mask (measured faster).
+  """
+  dtype = jnp.uint8 if len(bools) <= 8 else jnp.int32
+  packed = bools[0].astype(dtype)
+  for i, b in enumerate(bools[1:], start=1):
+    packed = packed | (b.astype(dtype) << i)
+  return packed
+
+
+def _unpack(packed: Array, count: int) -> list[Array]:
+  one = jnp.asarray(1, packed.dtype)
+  return [((packed >> i) & one).astype(jnp.float32) for i in range(count)]
+
+
+def _gate_columns(columns: Sequence[Array], hierarchy: Hierarchy,
+                  passes: Optional[Sequence[Optional[Array]]] = None
+                  ) -> tuple[list[Array], list[Array]]:
+  """`hierarchical_gate` on a list of K row-wise columns (any row shape).
+
+  `passes` (float 0/1 per component, None where there is no threshold) may
+  be given precomputed.
+  """
+  if passes is None:
+    passes = [None if threshold is None else (c >= threshold).astype(jnp.float32)
+              for c, threshold in zip(columns, hierarchy.thresholds)]
+  gates, gated = [], []
+  for c in range(len(columns)):  # K is small and static: unrolled at trace time.
+    gate = jnp.ones(columns[c].shape, jnp.float32)
+    for j in hierarchy.ancestors(c):
+      if passes[j] is not None:
+        gate = gate * passes[j]
+    gates.append(gate)
+    fail = hierarchy.fail_values[c]
+    gated.append(gate * columns[c] + (1.0 - gate) * fail)
+  return gates, gated
+
+
+def _check_hierarchy(k: int, hierarchy: Hierarchy) -> None:
+  if k != hierarchy.num_components:
+    raise ValueError(f"rewards has K={k} components, the hierarchy has "
+                     f"{hierarchy.num_components} {hierarchy.names}")
+
+
 def hierarchical_gate(rewards: Array, hierarchy: Hierarchy = Hierarchy()
                       ) -> tuple[Array, Array]:
   """Gates and gated rewards of a priority tree (METHOD.md, stage 1).
@@ -325,24 +496,9 @@ def hierarchical_gate(rewards: Array, hierarchy: Hierarchy = Hierarchy()
     `(gate, gated)`, both `[N, K]` float32. Roots have gate 1.
   """
   rewards = _check_rewards(rewards, 2)
-  k = rewards.shape[1]
-  if k != hierarchy.num_components:
-    raise ValueError(f"rewards has K={k} components, the hierarchy has "
-                     f"{hierarchy.num_components} {hierarchy.names}")
-  passes = []
-  for j, threshold in enumerate(hierarchy.thresholds):
-    passes.append(jnp.ones(rewards.shape[0], jnp.float32) if threshold is None
-                  else (rewards[:, j] >= threshold).astype(jnp.float32))
-  gates = []
-  for c in range(k):  # K is small and static: unrolled at trace time.
-    gate = jnp.ones(rewards.shape[0], jnp.float32)
-    for j in hierarchy.ancestors(c):
-      gate = gate * passes[j]
-    gates.append(gate)
-  gate = jnp.stack(gates, axis=1)
-  fail = jnp.asarray(hierarchy.fail_values, jnp.float32)[None, :]
-  gated = gate * rewards + (1.0 - gate) * fail
-  return gate, gated
+  _check_hierarchy(rewards.shape[1], hierarchy)
+  gates, gated = _gate_columns(_columns(rewards.astype(jnp.float32)), hierarchy)
+  return jnp.stack(gates, axis=1), jnp.stack(gated, axis=1)
 
 
 # --------------------------------------------- component-wise advantages
@@ -364,7 +520,7 @@ def componentwise_advantages(rewards: Array, group_ids: Array, num_groups: int,
   compared among well-formed rollouts, cost among correct ones. With
   `conditional=False` the gate is ignored here (pass gated rewards in).
 
-  All K components are reduced in one fused segment reduction.
+  All K components are reduced together (stacked into one scatter per pass).
 
   Args:
     rewards: `[N, K]` (gated) reward components.
@@ -379,27 +535,25 @@ def componentwise_advantages(rewards: Array, group_ids: Array, num_groups: int,
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+  _check_choices(std_scaling, singleton)
   rewards = _check_rewards(rewards, 2)
   n, k = rewards.shape
   group_ids = _check_ids("group_ids", group_ids, n, num_groups)
   row_mask = _valid_rows(rewards, group_ids, num_groups, _as_mask(mask, n))
-  member = jnp.broadcast_to(row_mask[:, None], (n, k))
+  members = [row_mask] * k
   if gate is not None:
     gate = jnp.asarray(gate, jnp.float32)
     if gate.shape != (n, k):
       raise ValueError(f"gate must have shape [N, K]=({n}, {k}), got {gate.shape}")
     if conditional:
-      member = member * gate
-  if estimator == "grpo":
-    return _normalized_deviation(rewards, group_ids, num_groups, member,
-                                 std_scaling=std_scaling, ddof=ddof, eps=eps,
-                                 singleton=singleton, axis_name=axis_name)
-  safe = jnp.where(member > 0, rewards, 0.0)
-  sums = segment_sum(jnp.stack([member, safe], -1), group_ids, num_groups, axis_name)
-  count, total = sums[group_ids, :, 0], sums[group_ids, :, 1]
-  adv = safe - (total - safe) / jnp.maximum(count - 1.0, 1.0)
-  adv = jnp.where(count > 1, adv, safe if singleton == "raw" else 0.0)
-  return jnp.where(member > 0, adv, 0.0)
+      members = [row_mask * g for g in _columns(gate)]
+  seg = ScatterSegments(group_ids, num_groups, axis_name)
+  columns = _columns(rewards.astype(jnp.float32))
+  moments = seg.moments(columns, members)
+  kwargs = dict(estimator=estimator, std_scaling=std_scaling, ddof=ddof, eps=eps,
+                singleton=singleton)
+  return jnp.stack([_apply(c, m, seg, *_center_scale(mo, **kwargs))
+                    for c, m, mo in zip(columns, members, moments)], axis=1)
 
 
 def gdpo_advantages(rewards: Array, group_ids: Array, num_groups: int,
@@ -424,13 +578,12 @@ def gdpo_advantages(rewards: Array, group_ids: Array, num_groups: int,
   n, k = rewards.shape
   group_ids = _check_ids("group_ids", group_ids, n, num_groups)
   mask = _valid_rows(rewards, group_ids, num_groups, _as_mask(mask, n))
+  weights = tuple(component_weights) if component_weights is not None else (1.0,) * k
+  if len(weights) != k:
+    raise ValueError(f"component_weights must have K={k} entries, got {len(weights)}")
   per = componentwise_advantages(rewards, group_ids, num_groups, mask, ddof=ddof,
                                  eps=eps, axis_name=axis_name)
-  weights = jnp.asarray(component_weights if component_weights is not None
-                        else (1.0,) * k, jnp.float32)
-  if weights.shape != (k,):
-    raise ValueError(f"component_weights must have K={k} entries, got {weights.shape[0]}")
-  total = per @ weights
+  total = sum(float(w) * per[:, j] for j, w in enumerate(weights))
   if whiten_sum:
     total = whiten(total, mask, ddof=ddof,
                    eps=eps if whiten_eps is None else whiten_eps,
@@ -544,7 +697,8 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
                      mask: Optional[Array] = None, *,
                      config: ReCalConfig = ReCalConfig(),
                      dataset_state: Optional[calibration.RunningDatasetStats] = None,
-                     axis_name: Optional[str] = None) -> ReCalOutput:
+                     axis_name: Optional[str] = None,
+                     group_size: GroupSize = "auto") -> ReCalOutput:
   """The ReCal calibrated advantage: stages 1 and 2 of METHOD.md, all switchable.
 
     0. (optional) r[., k] <- per-dataset standardised r[., k], k in
@@ -561,6 +715,10 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   With `reward='sum'` and stage 2 off this is GRPO on the summed reward; with
   `hierarchy=None`, `whiten=True` and stage 2 off, it is GDPO.
 
+  Cost: every statistic of a stage is reduced in one pass (one loop over the
+  rows on the fast path, a few stacked scatter-adds otherwise); diagnostics
+  are derived from those per-group / per-dataset moments, not recomputed.
+
   Args:
     components: `[N, K]` reward components (routing: format, correctness,
       cost reward), in the order of `config.hierarchy`.
@@ -573,6 +731,13 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
     dataset_state: running per-dataset statistics (required when
       `config.dataset_norm == 'running'`; see `calibration`).
     axis_name: mapped axis to reduce every statistic over.
+    group_size: the contiguous-layout fast path (module docstring). "auto"
+      (default) tries it when `num_groups` divides N and there is no
+      `axis_name`; an int G tries it with G rows per group (also under
+      `shard_map`); None never does. The fast path is taken only if, at run
+      time, every row with mask > 0 has `group_ids[i] == group_ids[0] + i // G`
+      and the dataset id of its block's first row; otherwise the general
+      path runs. The values do not depend on it (up to float rounding).
 
   Returns:
     `ReCalOutput(advantages [N], weights [N], diagnostics, dataset_state)`.
@@ -588,106 +753,171 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   if dataset_ids is None:
     dataset_ids = jnp.zeros((n,), jnp.int32)
   dataset_ids = _check_ids("dataset_ids", dataset_ids, n, num_datasets)
-  given_mask = _as_mask(mask, n)
-  valid = _valid_rows(components, group_ids, num_groups, given_mask)
-  valid = valid * ((dataset_ids >= 0) & (dataset_ids < num_datasets))
+  given = _as_mask(mask, n)
   if len(config.component_weights) != k:
     raise ValueError(f"config.component_weights has {len(config.component_weights)} "
                      f"entries for K={k} components")
+  if config.reward == "components" and config.hierarchy is not None:
+    _check_hierarchy(k, config.hierarchy)
   if config.dataset_norm == "running" and dataset_state is None:
     raise ValueError("config.dataset_norm='running' needs a dataset_state "
                      "(calibration.init_dataset_stats(num_datasets))")
-  raw = jnp.where(valid[:, None] > 0, components, 0.0)
-  diagnostics = {
-      "invalid_rows": jnp.sum(given_mask - valid) if axis_name is None
-                      else jax.lax.psum(jnp.sum(given_mask - valid), axis_name),
-  }
+  components = components.astype(jnp.float32)
+
+  def general():
+    def core(components, given, group_ids, dataset_ids, dataset_state):
+      return _recal_core(
+          [components[:, j] for j in range(k)], given,
+          ScatterSegments(group_ids, num_groups, axis_name),
+          ScatterSegments(dataset_ids, num_datasets, axis_name),
+          WholeBatch((n,), axis_name), config, dataset_state)
+    return core(components, given, group_ids, dataset_ids, dataset_state)
+
+  layout = _contiguous_layout(group_ids, num_groups, given, group_size,
+                              axis_name, dataset_ids)
+  if layout is None:
+    return ReCalOutput(*general())
+
+  def fast():
+    shape = (n // layout.size, layout.size)
+
+    def core(components, given, first, coarse, dataset_state):
+      groups = ContiguousSegments(num_groups, shape, first, axis_name)
+      return _recal_core(
+          [components[:, j] for j in range(k)], given, groups,
+          NestedSegments(groups, coarse, num_datasets, axis_name),
+          WholeBatch((n,), axis_name), config, dataset_state)
+    return core(components, given, layout.first, layout.coarse, dataset_state)
+
+  return ReCalOutput(*jax.lax.cond(layout.ok, fast, general))
+
+
+def _recal_core(columns: list[Array], given: Array, groups: Segmentation,
+                datasets: Segmentation, batch: Segmentation,
+                config: ReCalConfig,
+                dataset_state: Optional[calibration.RunningDatasetStats]):
+  """`recal_advantages` on K row-wise columns, for one layout.
+
+  Rows have any shape (`[N]` with scatter segments, `[N / G, G]` with the
+  contiguous ones); `groups`, `datasets` and `batch` say how they reduce.
+  Returns `(advantages, weights, diagnostics, dataset_state)` row-shaped.
+  """
+  k = len(columns)
+  eps, ddof = config.eps, config.ddof
+  ok = (_all_finite(columns) * _in_range(groups) * _in_range(datasets)) > 0
+  valid = given * _unpack(_pack([ok]), 1)[0]
+  raw = [jnp.where(valid > 0, c, 0.0) for c in columns]
 
   # Stage 0: per-dataset standardisation of continuous raw components.
-  r = raw
-  if config.dataset_norm_components:
-    cols = tuple(config.dataset_norm_components)
-    normed = calibration.dataset_normalize(
-        raw[:, cols], dataset_ids, num_datasets, valid, eps=config.eps,
-        ddof=config.ddof, axis_name=axis_name)
-    r = r.at[:, cols].set(normed)
+  r = list(raw)
+  norm_cols = tuple(config.dataset_norm_components)
+  if norm_cols:
+    moments = datasets.moments([raw[j] for j in norm_cols], [valid] * len(norm_cols))
+    for j, mo in zip(norm_cols, moments):
+      stats = mo.stats(ddof)
+      r[j] = _apply(raw[j], valid, datasets, stats.mean, 1.0 / (stats.std + eps))
 
-  weights_k = jnp.asarray(config.component_weights, jnp.float32)
-  counts = segment_sum(valid, jnp.zeros((n,), jnp.int32), 1, axis_name)[0]
-  diagnostics["component_mean"] = (
-      segment_sum(raw * valid[:, None], jnp.zeros((n,), jnp.int32), 1, axis_name)[0]
-      / jnp.maximum(counts, 1.0))
-
-  # Stage 1.
-  estimator_kwargs = dict(std_scaling=config.std_scaling, ddof=config.ddof,
-                          eps=config.eps, singleton=config.singleton,
-                          axis_name=axis_name)
+  # Stage 1, with the group statistics of the variance component (stage 2)
+  # and the whole-batch sums of the diagnostics in the same reduction.
+  estimator = dict(estimator=config.estimator, std_scaling=config.std_scaling,
+                   ddof=ddof, eps=eps, singleton=config.singleton)
+  weights_k = config.component_weights
+  totals_of = [given] + raw
+  diagnostics = {}
   if config.reward == "components":
-    gate = None
+    gates = None
     if config.hierarchy is not None:
-      gate, r = hierarchical_gate(r, config.hierarchy)
-    per_component = componentwise_advantages(
-        r, group_ids, num_groups, valid, gate=gate,
-        conditional=config.conditional, estimator=config.estimator,
-        **estimator_kwargs)
-    adv = per_component @ weights_k
-    gate_rate = (jnp.ones((k,)) if gate is None else
-                 segment_sum(gate * valid[:, None], jnp.zeros((n,), jnp.int32), 1,
-                             axis_name)[0] / jnp.maximum(counts, 1.0))
-    diagnostics["gate_pass_rate"] = gate_rate
-    diagnostics["component_adv_std"] = jnp.sqrt(
-        segment_sum(per_component ** 2 * valid[:, None], jnp.zeros((n,), jnp.int32),
-                    1, axis_name)[0] / jnp.maximum(counts, 1.0))
+      thresholds = config.hierarchy.thresholds
+      gated_on = [j for j in range(k) if thresholds[j] is not None]
+      gates, r = _gate_columns(r, config.hierarchy)
+    if gates is not None and config.conditional:
+      members = [valid * g for g in gates]
+    else:
+      members = [valid] * k
+    gate_sums = [] if gates is None or config.conditional else [valid * g for g in gates]
+    moments, totals = groups.moments_and_totals(
+        r + [raw[config.variance_component]], members + [valid],
+        totals_of + gate_sums)
+    spread_moments = moments[k]
+    counts = jnp.sum(spread_moments.count)
+    denom = jnp.maximum(counts, 1.0)
+    adv = 0.0
+    adv_sq = []
+    for j in range(k):
+      center, scale = _center_scale(moments[j], **estimator)
+      adv = adv + float(weights_k[j]) * _apply(r[j], members[j], groups, center, scale)
+      adv_sq.append(jnp.sum(_sum_sq(moments[j], center, scale)))
+    if gates is None:
+      diagnostics["gate_pass_rate"] = jnp.ones((k,), jnp.float32)
+    elif config.conditional:
+      diagnostics["gate_pass_rate"] = jnp.stack(
+          [jnp.sum(mo.count) for mo in moments[:k]]) / denom
+    else:
+      diagnostics["gate_pass_rate"] = jnp.stack(totals[1 + k:]) / denom
+    diagnostics["component_adv_std"] = jnp.sqrt(jnp.stack(adv_sq) / denom)
   else:
     if config.reward == "sum":
-      scalar = r @ weights_k
+      scalar = sum(float(w) * c for w, c in zip(weights_k, r))
     else:
       scalar = rewards_lib.router_r1_reward(
-          r, cost_weight=config.router_r1_cost_weight,
+          jnp.stack(r, axis=-1), cost_weight=config.router_r1_cost_weight,
           correct_threshold=config.correct_threshold)
-    if config.estimator == "grpo":
-      adv = grpo_advantages(scalar, group_ids, num_groups, valid, **estimator_kwargs)
-    else:
-      adv = rloo_advantages(scalar, group_ids, num_groups, valid,
-                            singleton=config.singleton, axis_name=axis_name)
+    moments, totals = groups.moments_and_totals(
+        [scalar, raw[config.variance_component]], [valid, valid], totals_of)
+    spread_moments = moments[1]
+    counts = jnp.sum(spread_moments.count)
+    denom = jnp.maximum(counts, 1.0)
+    adv = _apply(scalar, valid, groups, *_center_scale(moments[0], **estimator))
+  diagnostics["invalid_rows"] = totals[0] - counts
+  diagnostics["component_mean"] = jnp.stack(totals[1:1 + k]) / denom
   if config.whiten:
-    adv = whiten(adv, valid, ddof=config.ddof, eps=config.eps, axis_name=axis_name)
+    adv = _estimate(adv, valid, batch, ddof=ddof, eps=eps)
 
   # Stage 2: variance-aware group weights.
-  spread = calibration.group_spread(
-      raw[:, config.variance_component], group_ids, num_groups, valid,
-      h=config.variance_h, power=config.variance_power, axis_name=axis_name)
+  spread = calibration.spread_from_moments(
+      spread_moments, h=config.variance_h, power=config.variance_power)
   group_present = spread.count > 0
   diagnostics["zero_spread_groups"] = (
       jnp.sum((spread.h <= 0) & group_present) / jnp.maximum(jnp.sum(group_present), 1))
+  omega = None
   if config.variance_weighting:
     omega = calibration.variance_weights_from_spread(
         spread, w_min=config.weight_min, w_max=config.weight_max)
-    weights = omega[group_ids] * valid
-  else:
-    weights = valid
+
+  # Stage 2: per-dataset normalisation of the advantages (one reduction for
+  # the normalisation, the running statistics and the diagnostics).
+  ds = datasets.moments([adv], [valid])[0]
+  weights = valid if omega is None else groups.take(omega) * valid
   if config.balance_datasets:
-    weights = weights * calibration.dataset_balance_weights(
-        dataset_ids, num_datasets, valid, axis_name=axis_name)
-
-  # Stage 2: per-dataset normalisation of the advantages.
+    present = jnp.sum(ds.count > 0)
+    balance = jnp.sum(ds.count) / (jnp.maximum(present, 1) * jnp.maximum(ds.count, 1.0))
+    weights = weights * datasets.take(balance)
+    if omega is None:
+      weight_total = jnp.sum(balance * ds.count)
+    else:
+      weight_total = batch.sums([weights])[0][0]
+  elif omega is None:
+    weight_total = counts
+  else:
+    weight_total = jnp.sum(omega * spread.count)
   new_state = dataset_state
-  if config.dataset_norm == "batch":
-    adv = calibration.dataset_normalize(adv, dataset_ids, num_datasets, valid,
-                                        eps=config.eps, ddof=config.ddof,
-                                        axis_name=axis_name)
-  elif config.dataset_norm == "running":
-    new_state = calibration.update_dataset_stats(
-        dataset_state, adv, dataset_ids, valid, decay=config.running_decay,
-        axis_name=axis_name)
-    adv = calibration.normalize_with_stats(new_state, adv, dataset_ids, valid,
-                                           eps=config.eps)
-  adv = jnp.where(valid > 0, adv, 0.0)
-
-  ds = segment_stats(adv, dataset_ids, num_datasets, valid, ddof=0,
-                     axis_name=axis_name)
-  diagnostics.update(dataset_count=ds.count, dataset_adv_mean=ds.mean,
-                     dataset_adv_std=ds.std,
-                     weight_mean=jnp.sum(weights) / jnp.maximum(counts, 1.0))
-  return ReCalOutput(advantages=adv, weights=weights, diagnostics=diagnostics,
-                     dataset_state=new_state)
+  ds_std = jnp.sqrt(ds.var(0))
+  if config.dataset_norm == "none":
+    adv = jnp.where(valid > 0, adv, 0.0)
+    adv_mean, adv_std = ds.mean, ds_std
+  else:
+    if config.dataset_norm == "batch":
+      stats = ds.stats(ddof)
+      center, scale = stats.mean, 1.0 / (stats.std + eps)
+    else:
+      new_state = calibration.update_dataset_stats_from_moments(
+          dataset_state, ds, decay=config.running_decay)
+      mean, std = calibration.running_mean_std(new_state)
+      center, scale = mean, 1.0 / (std + eps)
+    adv = _apply(adv, valid, datasets, center, scale)
+    # The normalisation is affine per dataset: the statistics of Ahat follow.
+    adv_mean = jnp.where(ds.count > 0, (ds.mean - center) * scale, 0.0)
+    adv_std = ds_std * scale
+  diagnostics.update(dataset_count=ds.count, dataset_adv_mean=adv_mean,
+                     dataset_adv_std=adv_std, weight_mean=weight_total / denom)
+  return adv, weights, diagnostics, new_state

@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from recal_jax.segments import segment_stats, segment_sum
+from recal_jax.segments import Moments, ScatterSegments, segment_stats, segment_sum
 
 Array = jax.Array
 
@@ -53,8 +53,18 @@ def group_spread(values: Array, group_ids: Array, num_groups: int,
   """
   if h not in VARIANCE_H:
     raise ValueError(f"h must be one of {VARIANCE_H}, got {h!r}")
-  stats = segment_stats(values, group_ids, num_groups, mask, ddof=ddof,
-                        axis_name=axis_name)
+  moments = ScatterSegments(jnp.asarray(group_ids, jnp.int32), num_groups,
+                            axis_name).moments(
+      [jnp.asarray(values, jnp.float32)], [jnp.asarray(mask, jnp.float32)])[0]
+  return spread_from_moments(moments, h=h, power=power, ddof=ddof)
+
+
+def spread_from_moments(moments: Moments, *, h: str = "bernoulli",
+                        power: float = 1.0, ddof: int = 0) -> GroupSpread:
+  """`GroupSpread` from per-group `segments.Moments` of the primary reward."""
+  if h not in VARIANCE_H:
+    raise ValueError(f"h must be one of {VARIANCE_H}, got {h!r}")
+  stats = moments.stats(ddof)
   if h == "std":
     spread = stats.std
   elif h == "bernoulli":
@@ -196,13 +206,25 @@ def update_dataset_stats(state: RunningDatasetStats, values: Array,
   mask = jnp.ones((n,), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
   dataset_ids = jnp.asarray(dataset_ids, jnp.int32)
   num_datasets = state.mean.shape[0]
-  safe = jnp.where(mask > 0, values, 0.0)
-  sums = segment_sum(jnp.stack([mask, mask * safe, mask * safe * safe], -1),
-                     dataset_ids, num_datasets, axis_name)
-  count = sums[:, 0]
+  moments = ScatterSegments(dataset_ids, num_datasets, axis_name).moments(
+      [values], [mask])[0]
+  return update_dataset_stats_from_moments(state, moments, decay=decay)
+
+
+def update_dataset_stats_from_moments(state: RunningDatasetStats,
+                                      moments: Moments, *,
+                                      decay: float = 0.99) -> RunningDatasetStats:
+  """`update_dataset_stats` from per-dataset `segments.Moments` of the batch.
+
+  The batch mean of x^2 is (m2 + 2 mean total - mean^2 count) / count.
+  """
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"decay must be in [0, 1), got {decay}")
+  count = moments.count
   seen = count > 0
-  batch_mean = sums[:, 1] / jnp.maximum(count, 1.0)
-  batch_mean_sq = sums[:, 2] / jnp.maximum(count, 1.0)
+  batch_mean = moments.mean
+  sum_sq = moments.m2 + batch_mean * (2.0 * moments.total - batch_mean * count)
+  batch_mean_sq = jnp.maximum(sum_sq, 0.0) / jnp.maximum(count, 1.0)
   ema = lambda old, new: jnp.where(seen, decay * old + (1.0 - decay) * new, old)
   return RunningDatasetStats(
       mean=ema(state.mean, batch_mean),

@@ -503,5 +503,149 @@ class PropertyTest(parameterized.TestCase):
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+# ------------------------------------------- contiguous-layout fast path
+def contiguous_batch(seed, num_groups=6, group_size=4, num_datasets=3, pad=3,
+                     cost_offset=0.0):
+  """A `repeat(arange(B), G)` batch, one dataset per group, a few padding rows."""
+  rng = np.random.default_rng(seed)
+  n = num_groups * group_size
+  ids = np.repeat(np.arange(num_groups), group_size).astype(np.int32)
+  dids = np.repeat(rng.integers(0, num_datasets, num_groups), group_size).astype(np.int32)
+  r = np.stack([(rng.random(n) < .8), (rng.random(n) < .5),
+                cost_offset - rng.gamma(2.0, .3, n)], 1).astype(np.float32)
+  mask = np.ones(n, np.float32)
+  mask[rng.choice(n, pad, replace=False)] = 0.0
+  return r, ids, dids, mask
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_layout(method, num_groups, group_size):
+  cfg = advantage.method_config(method)
+  return jax.jit(lambda r, i, d, m: advantage.recal_advantages(
+      r, i, num_groups, d, 3, m, config=cfg, group_size=group_size))
+
+
+class ContiguousLayoutTest(parameterized.TestCase):
+  """`group_size`: the fast path gives the general path's values, any layout."""
+
+  def assert_same(self, a, b, atol=2e-5):
+    np.testing.assert_allclose(a.advantages, b.advantages, atol=atol, rtol=1e-5)
+    np.testing.assert_allclose(a.weights, b.weights, atol=1e-6, rtol=1e-6)
+    for key in b.diagnostics:
+      np.testing.assert_allclose(a.diagnostics[key], b.diagnostics[key],
+                                 atol=atol, rtol=1e-5, err_msg=key)
+
+  def test_layout_check(self):
+    r, ids, dids, mask = contiguous_batch(0)
+    n = len(ids)
+    given = jnp.asarray(mask)
+    check = lambda i, d, gs="auto": bool(advantage._contiguous_layout(
+        jnp.asarray(i), 6, given, gs, None, jnp.asarray(d)).ok)
+    self.assertTrue(check(ids, dids))
+    self.assertTrue(check(ids, dids, 4))
+    self.assertIsNone(advantage._contiguous_layout(  # 12 blocks > 6 groups
+        jnp.asarray(ids), 6, given, 2, None))
+    self.assertFalse(bool(advantage._contiguous_layout(  # blocks of 2 != groups
+        jnp.asarray(ids), 12, given, 2, None).ok))
+    self.assertFalse(check(ids[::-1].copy(), dids[::-1].copy()))
+    mixed = dids.copy()
+    mixed[1] = (mixed[1] + 1) % 3  # a group spanning two datasets
+    self.assertFalse(check(ids, mixed))
+    # Rows with mask 0 may hold any ids.
+    odd = ids.copy()
+    odd[mask == 0] = 5
+    self.assertTrue(check(odd, dids))
+    self.assertIsNone(advantage._contiguous_layout(
+        jnp.asarray(ids), 5, given, "auto", None))  # 5 does not divide N
+    self.assertIsNone(advantage._contiguous_layout(
+        jnp.asarray(ids), 6, given, None, None))
+    self.assertEqual(n, 24)
+
+  @parameterized.parameters(*sorted(advantage.METHODS))
+  def test_fast_path_equals_general_path(self, method):
+    r, ids, dids, mask = contiguous_batch(1)
+    r[np.flatnonzero(mask == 0)[0], 1] = np.nan  # garbage in a padding row
+    fast = _jitted_layout(method, 6, "auto")(r, ids, dids, mask)
+    general = _jitted_layout(method, 6, None)(r, ids, dids, mask)
+    self.assert_same(fast, general)
+
+  def test_fast_path_matches_numpy_with_large_offsets(self):
+    r, ids, dids, mask = contiguous_batch(2, num_groups=8, group_size=8,
+                                          cost_offset=1e3)
+    cfg = advantage.method_config("recal")
+    out = _jitted_layout("recal", 8, 8)(r, ids, dids, mask)
+    adv, weights = np_recal(r, ids, dids, mask, cfg)
+    np.testing.assert_allclose(out.advantages, adv, atol=5e-5, rtol=1e-4)
+    np.testing.assert_allclose(out.weights, weights, atol=1e-5, rtol=1e-5)
+
+  def test_other_layouts_fall_back(self):
+    r, ids, dids, mask = contiguous_batch(3)
+    want = _jitted_layout("recal", 6, None)(r, ids, dids, mask)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    got = _jitted_layout("recal", 6, "auto")(r[perm], ids[perm], dids[perm], mask[perm])
+    np.testing.assert_allclose(np.asarray(want.advantages)[perm], got.advantages, atol=2e-5)
+    # A wrong promise (blocks of 2) is caught at run time, not trusted.
+    got = _jitted_layout("recal", 6, 2)(r, ids, dids, mask)
+    self.assert_same(got, want)
+    mixed = dids.copy()
+    mixed[1] = (mixed[1] + 1) % 3
+    self.assert_same(_jitted_layout("recal", 6, "auto")(r, ids, mixed, mask),
+                     _jitted_layout("recal", 6, None)(r, ids, mixed, mask))
+
+  def test_fewer_groups_than_num_groups(self):
+    # 6 groups of 4 in a batch declared with num_groups=10: blocks are placed.
+    r, ids, dids, mask = contiguous_batch(4)
+    fast = _jitted_layout("recal", 10, 4)(r, ids, dids, mask)
+    general = _jitted_layout("recal", 10, None)(r, ids, dids, mask)
+    self.assert_same(fast, general)
+    shifted = ids + 3  # groups 3..8 of 10
+    self.assert_same(_jitted_layout("recal", 10, 4)(r, shifted, dids, mask),
+                     _jitted_layout("recal", 10, None)(r, shifted, dids, mask))
+
+  def test_grpo_fast_path(self):
+    r, ids, _, mask = contiguous_batch(5)
+    scalar = r[:, 1] + 0.5 * r[:, 2]
+    for scaling in advantage.STD_SCALINGS:
+      fast = advantage.grpo_advantages(scalar, ids, 6, mask, std_scaling=scaling)
+      general = advantage.grpo_advantages(scalar, ids, 6, mask, std_scaling=scaling,
+                                          group_size=None)
+      np.testing.assert_allclose(fast, general, atol=1e-5, err_msg=scaling)
+      np.testing.assert_allclose(fast, np_grpo(scalar, ids, mask, scaling=scaling),
+                                 atol=2e-5, err_msg=scaling)
+
+  def test_bad_group_size(self):
+    r, ids, dids, mask = contiguous_batch(6)
+    with self.assertRaisesRegex(ValueError, "does not divide"):
+      advantage.recal_advantages(r, ids, 6, dids, 3, mask, group_size=5)
+    with self.assertRaisesRegex(ValueError, "group_size"):
+      advantage.recal_advantages(r, ids, 6, dids, 3, mask, group_size="fixed")
+    with self.assertRaisesRegex(ValueError, "group_size"):
+      advantage.grpo_advantages(r[:, 1], ids, 6, mask, group_size=0)
+
+  def test_vmap_fast_path(self):
+    batches = [contiguous_batch(s) for s in range(3)]
+    stack = lambda i: np.stack([b[i] for b in batches])
+    fn = _jitted_layout("recal", 6, "auto")
+    got = jax.vmap(lambda r, g, d, m: fn(r, g, d, m).advantages)(
+        stack(0), stack(1), stack(2), stack(3))
+    for i, b in enumerate(batches):
+      np.testing.assert_allclose(got[i], _jitted_layout("recal", 6, None)(*b).advantages,
+                                 atol=2e-5)
+
+  @parameterized.parameters("recal", "gdpo", "grpo")
+  def test_shard_map_with_group_size(self, method):
+    # 8 groups of 4 over 4 devices: 2 whole groups per device.
+    r, ids, dids, mask = contiguous_batch(7, num_groups=8)
+    cfg = advantage.method_config(method)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded = jax.jit(jax.shard_map(
+        lambda r, g, d, m: advantage.recal_advantages(
+            r, g, 8, d, 3, m, config=cfg, axis_name="data", group_size=4).advantages,
+        mesh=mesh, in_specs=(P("data"),) * 4, out_specs=P("data")))
+    got = jax.block_until_ready(sharded(r, ids, dids, mask))
+    want = _jitted_layout(method, 8, None)(r, ids, dids, mask).advantages
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
 if __name__ == "__main__":
   absltest.main()
