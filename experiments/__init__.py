@@ -1,0 +1,1 @@
+"""Experiments: thin absl apps over the `recal_jax` library (see `train.py`)."""

@@ -1,0 +1,1 @@
+"""Config files for `experiments/train.py` (`--config=experiments/configs/<name>.py`)."""

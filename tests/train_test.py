@@ -1,0 +1,276 @@
+"""Tests for recal_jax.train and experiments/train.py (end to end, small)."""
+
+import glob
+import json
+import os
+import sys
+import tempfile
+from unittest import mock
+
+from absl import flags
+from absl.testing import absltest
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import orbax.checkpoint as ocp
+
+# `experiments` is imported from the repository root (an editable install made
+# before experiments/__init__.py existed only maps `recal_jax`).
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO_ROOT not in sys.path:
+  sys.path.insert(0, _REPO_ROOT)
+
+from experiments.configs import default  # pylint: disable=g-import-not-at-top
+from experiments.configs import quick
+from recal_jax import checkpointing
+from recal_jax import metrics_writer
+from recal_jax import policies
+from recal_jax import rollout as rollout_lib
+from recal_jax import train
+from recal_jax.data import synthetic
+
+_TABLE = None
+_CACHE = {}
+
+
+def setUpModule():
+  # The runs below compile the same programs again and again (every
+  # `train_and_evaluate` call builds fresh jitted functions); a persistent
+  # compilation cache for this module turns most compiles into cache hits.
+  _CACHE["dir"] = tempfile.TemporaryDirectory()
+  _CACHE["saved"] = {name: getattr(jax.config, name) for name in (
+      "jax_persistent_cache_min_compile_time_secs",
+      "jax_persistent_cache_min_entry_size_bytes")}
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.set_cache_dir(_CACHE["dir"].name)
+
+
+def tearDownModule():
+  jax.config.update("jax_compilation_cache_dir", None)
+  compilation_cache.reset_cache()
+  for name, value in _CACHE["saved"].items():
+    jax.config.update(name, value)
+  _CACHE["dir"].cleanup()
+
+
+def small_table():
+  global _TABLE
+  if _TABLE is None:
+    _TABLE = synthetic.make_synthetic(600, seed=3, feature_dim=16)
+  return _TABLE
+
+
+def small_config(kind="categorical", steps=40):
+  config = default.get_config()
+  config.data.num_queries = 600
+  config.policy.kind = kind
+  config.policy.hidden_dims = (32,)
+  config.policy.embedding_dim = 16
+  config.policy.state_dim = 32
+  config.policy.token_embedding_dim = 16
+  config.batch_size = 32
+  config.group_size = 8
+  config.num_train_steps = steps
+  config.warmup_steps = 0
+  config.log_every_steps = 10
+  config.eval_every_steps = 20
+  config.checkpoint_every_steps = 20
+  return config
+
+
+def _tempdir(test_case):
+  """A fresh directory removed after the test (works under pytest and absltest)."""
+  directory = tempfile.TemporaryDirectory()
+  test_case.addCleanup(directory.cleanup)
+  return directory.name
+
+
+def _params_at(workdir, step):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return restored.state["params"]
+
+
+class QuerySamplerTest(absltest.TestCase):
+
+  def test_epochs_are_permutations_and_steps_are_pure(self):
+    sampler = train.QuerySampler(10, 4, seed=0)
+    stream = np.concatenate([sampler.indices(s) for s in range(5)])  # 2 epochs
+    self.assertCountEqual(stream[:10], range(10))
+    self.assertCountEqual(stream[10:20], range(10))
+    np.testing.assert_array_equal(sampler.indices(3), train.QuerySampler(10, 4, 0).indices(3))
+
+
+class TrainEndToEndTest(absltest.TestCase):
+
+  def _check_learns(self, kind, steps, learning_rate):
+    config = small_config(kind, steps)
+    config.learning_rate = learning_rate
+    workdir = _tempdir(self)
+    result = train.train_and_evaluate(config, workdir, table=small_table())
+    self.assertEqual(result["step"], steps)
+    self.assertTrue(np.isfinite(result["train/loss/loss"]))
+    initial, final = (result["initial/validation/reward"],
+                      result["final/validation/reward"])
+    self.assertGreater(final, initial + 0.05, msg=f"{kind}: {initial} -> {final}")
+    return result
+
+  def test_categorical_router_learns(self):
+    result = self._check_learns("categorical", 40, 3e-3)
+    self.assertEqual(result["final/validation/malformed_rate"], 0.0)
+    for key in ("router", "best_single", "oracle"):
+      self.assertIn(f"{key}/test/accuracy", result)
+
+  def test_token_router_learns_the_format(self):
+    result = self._check_learns("token", 50, 5e-3)
+    self.assertEqual(result["initial/validation/malformed_rate"], 1.0)
+    self.assertLess(result["final/validation/malformed_rate"], 0.5)
+
+
+class DataParallelTest(absltest.TestCase):
+
+  num_steps = 1
+
+  def _one_step(self, num_devices, kind):
+    table = small_table()
+    config = small_config(kind)
+    config.batch_size = 16
+    # Adam's first step is lr * g / (|g| + eps): for a gradient entry at the
+    # float-noise level (~1e-9; reduction order differs with the device count)
+    # eps = 1e-8 would turn rounding noise into visible parameter changes.
+    config.adam_eps = 1e-6
+    train_table = table.subset("train")
+    mesh = train.make_mesh(num_devices)
+    policy = policies.make_policy(config.policy, table)
+    tx = train.make_optimizer(config)
+    fns = train.make_step_functions(
+        policy, tx, train.method_from_config(config), config,
+        table=rollout_lib.device_table(train_table, fns_replicated(mesh)),
+        num_datasets=table.num_datasets, mesh=mesh)
+    state = jax.jit(lambda rng: train.init_state(
+        policy, tx, rng, table.feature_dim, table.num_datasets),
+                    out_shardings=fns.replicated)(jax.random.key(0))
+    for step in range(self.num_steps):
+      queries = train.global_batch(
+          train.QuerySampler(train_table.num_queries, 16, 0).indices(step),
+          fns.batch_sharding)
+      state, metrics = fns.train_step(state, queries)
+      metrics = jax.device_get(metrics)  # block before the next dispatch
+    return jax.device_get(state.params), metrics
+
+  def test_four_devices_match_one_device(self):
+    self.assertGreaterEqual(jax.device_count(), 4, "tests/conftest.py sets 4 CPU devices")
+    for kind in ("categorical", "token"):
+      params_1, metrics_1 = self._one_step(1, kind)
+      params_4, metrics_4 = self._one_step(4, kind)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                   params_1, params_4)
+      np.testing.assert_allclose(metrics_1["loss/loss"], metrics_4["loss/loss"],
+                                 rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(metrics_1["loss/normalizer"], metrics_4["loss/normalizer"],
+                                 rtol=1e-6)
+      np.testing.assert_allclose(metrics_1["grad_norm"], metrics_4["grad_norm"], rtol=1e-5)
+
+
+def fns_replicated(mesh):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+class ResumeTest(absltest.TestCase):
+  """Resuming, the live-environment path and workdir checks, against one run."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._directory = tempfile.TemporaryDirectory()
+    cls.straight = cls._directory.name
+    train.train_and_evaluate(cls.config(20), cls.straight, table=small_table())
+
+  @classmethod
+  def tearDownClass(cls):
+    cls._directory.cleanup()
+    super().tearDownClass()
+
+  @staticmethod
+  def config(steps):
+    config = small_config(steps=steps)
+    config.checkpoint_every_steps = 10
+    config.eval_every_steps = 10
+    return config
+
+  def test_resume_gives_identical_params(self):
+    resumed = _tempdir(self)
+    train.train_and_evaluate(self.config(10), resumed, table=small_table())
+    result = train.train_and_evaluate(self.config(20), resumed,
+                                      table=small_table())  # a fresh call
+    self.assertEqual(result["step"], 20)
+    self.assertNotIn("initial/validation/reward", result)  # it did resume
+    jax.tree.map(np.testing.assert_array_equal, _params_at(self.straight, 20),
+                 _params_at(resumed, 20))
+
+  def test_live_environment_path_matches_fused_step(self):
+    config = self.config(10)
+    config.environment = "live"  # LoggedEnvironment through the host callback
+    live = _tempdir(self)
+    train.train_and_evaluate(config, live, table=small_table())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 _params_at(self.straight, 10), _params_at(live, 10))
+
+  def test_other_table_in_workdir_is_rejected(self):
+    other = synthetic.make_synthetic(600, seed=4, feature_dim=16)
+    with self.assertRaisesRegex(ValueError, "fingerprint"):
+      train.train_and_evaluate(self.config(30), self.straight, table=other)
+
+
+class NonFiniteTest(absltest.TestCase):
+
+  def test_non_finite_update_stops_with_named_step_and_keeps_checkpoint(self):
+    config = small_config(steps=10)
+    config.learning_rate = float("inf")
+    config.checkpoint_every_steps = 1
+    workdir = _tempdir(self)
+    with self.assertRaisesRegex(train.NonFiniteError, r"step \d+: non-finite \S+"):
+      train.train_and_evaluate(config, workdir, table=small_table())
+    checkpointer = checkpointing.Checkpointer(workdir)
+    latest = checkpointer.latest_step()
+    self.assertIsNotNone(latest)
+    params = _params_at(workdir, latest)
+    self.assertTrue(all(np.isfinite(x).all() for x in jax.tree.leaves(params)))
+
+
+class ExperimentMainTest(absltest.TestCase):
+
+  def test_quick_config_through_main(self):
+    from experiments import train as train_main  # pylint: disable=import-outside-toplevel
+    workdir = _tempdir(self)
+    argv = ["train", "--config=" + quick.__file__.replace(".pyc", ".py"),
+            f"--workdir={workdir}", "--config.num_train_steps=4",
+            "--config.data.num_queries=300", "--config.eval_every_steps=2",
+            "--config.checkpoint_every_steps=2", "--config.log_every_steps=2"]
+    # config_flags finds the --config.* overrides in sys.argv.
+    flags.FLAGS.unparse_flags()
+    with mock.patch.object(sys, "argv", argv):
+      flags.FLAGS(argv)
+      try:
+        train_main.main(argv[:1])
+      finally:
+        flags.FLAGS.unparse_flags()
+    records = metrics_writer.read_metrics(workdir)
+    self.assertTrue(any("train/loss/loss" in r for r in records))
+    self.assertTrue(any("validation/accuracy" in r for r in records))
+    self.assertTrue(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")))
+    self.assertEqual(sorted(map(int, os.listdir(os.path.join(workdir, "checkpoints")))),
+                     [0, 2, 4])
+    self.assertTrue(os.listdir(os.path.join(workdir, "best")))
+    with open(os.path.join(workdir, "config.json")) as f:
+      self.assertEqual(json.load(f)["num_train_steps"], 4)
+    with open(os.path.join(workdir, "table.json")) as f:
+      self.assertEqual(json.load(f)["name"], "synthetic")
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+      self.assertIn("router/validation/accuracy", json.load(f))
+
+
+if __name__ == "__main__":
+  absltest.main()
