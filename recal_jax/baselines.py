@@ -531,6 +531,25 @@ class ERPRouter(Router):
     if self.cost_model == "ridge":
       self._cost_weights = self._solve_ridge(self._design(train), train.cost, mask)
 
+  def linear_model(self) -> dict[str, np.ndarray]:
+    """The fitted ridge models as arrays (for `recal_jax.outcome_model`).
+
+    Returns {feature_mean [D'], feature_std [D'], score_weights [D' + 1, A],
+    cost_weights [D' + 1, A]} with D' the input width (features, + dataset
+    one-hot when `use_dataset_id`): score = clip([(x - mean) / std, 1] @ W, 0, 1).
+    """
+    if self.reward_model != "ridge" or self.cost_model != "ridge":
+      raise ValueError("ERPRouter.linear_model needs reward_model='ridge' and cost_model='ridge'")
+    self._check_table_fitted()
+    return {"feature_mean": np.asarray(self._standardize.mean, np.float32),
+            "feature_std": np.asarray(self._standardize.std, np.float32),
+            "score_weights": self._reward_weights.astype(np.float32),
+            "cost_weights": self._cost_weights.astype(np.float32)}
+
+  def _check_table_fitted(self) -> None:
+    if self._train_arms is None:
+      raise ValueError(f"{self.name} is not fitted: call fit(train_table) first")
+
   def predict_scores(self, table):
     self._check_table(table, needs_features=True)
     if self.reward_model == "mlp":
