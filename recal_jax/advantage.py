@@ -715,9 +715,10 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   With `reward='sum'` and stage 2 off this is GRPO on the summed reward; with
   `hierarchy=None`, `whiten=True` and stage 2 off, it is GDPO.
 
-  Cost: every statistic of a stage is reduced in one pass (one loop over the
-  rows on the fast path, a few stacked scatter-adds otherwise); diagnostics
-  are derived from those per-group / per-dataset moments, not recomputed.
+  Cost: the statistics of each stage are reduced together (strided adds on
+  the fast path, stacked scatter-adds otherwise: a sum pass, then a centred
+  pass), and the diagnostics are derived from those per-group / per-dataset
+  moments instead of being recomputed; see experiments/benchmarks/RESULTS.md.
 
   Args:
     components: `[N, K]` reward components (routing: format, correctness,

@@ -56,7 +56,7 @@ Array = jax.Array
 
 # Stacked scatter operands stay below this many bytes: larger host buffers are
 # mmap-ed (glibc's threshold is at most 32 MiB) and page-faulted on every call.
-_MAX_STACK_BYTES = 1 << 23
+_MAX_STACK_BYTES = 1 << 24
 
 
 class SegmentStats(NamedTuple):
