@@ -1,0 +1,266 @@
+r"""ReCal against the baselines, with ablations and seeds, on one routing table.
+
+  python -m experiments.compare --config=experiments/configs/seven_datasets.py \
+      --workdir=/tmp/recal_compare [--seeds=3] [--methods=recal,grpo,...]
+
+For every seed and both input variants (query features alone, and features
+plus a one-hot dataset id):
+
+* non-RL routers: random, best single arm (chosen on train), category best,
+  kNN, MLP score regressor, ERP; their hyper-parameters are chosen on the
+  validation split (`baselines.select_on_validation`), never on test;
+* RL routers trained with `recal_jax.train.train_and_evaluate`: ReCal, each
+  ReCal stage switched off in turn, Router-R1 scalar GRPO, GRPO, Dr. GRPO,
+  RLOO, GDPO; the checkpoint is chosen on validation;
+* the per-query oracle (an upper bound, not a router).
+
+Writes `results.json` (every run), `results.md` (test accuracy and cost per
+dataset, macro averages, mean and std over seeds), `cost_quality.png` (the
+test cost-quality plane: RL routers' operating points, the ERP and kNN curves
+over a cost-weight sweep, single arms, oracle) and `training_curves.png`
+(reward, validation accuracy and gradient norm over steps, seeds as bands).
+Runs already in `workdir` are reused, so an interrupted comparison resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config of the RL runs.",
+                                lock_config=False)
+flags.DEFINE_string("workdir", None, "Output directory.")
+flags.DEFINE_integer("seeds", 3, "Number of seeds per method.")
+flags.DEFINE_list("methods", ["recal", "recal_no_hierarchy", "recal_no_variance_weights",
+                              "recal_no_dataset_norm", "router_r1", "grpo", "dr_grpo",
+                              "rloo", "gdpo"], "RL methods (names of advantage.METHODS).")
+flags.DEFINE_list("variants", ["features", "features+dataset_id"], "Input variants.")
+flags.DEFINE_integer("num_train_steps", 0, "Override config.num_train_steps (0: keep).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+NON_RL = ("random", "best_single", "category_best", "knn", "mlp", "erp")
+VARIANT_SUFFIX = {"features": "", "features+dataset_id": " +id"}
+
+
+def with_dataset_id(table):
+  """The table with a one-hot dataset id appended to its features."""
+  one_hot = np.eye(table.num_datasets, dtype=np.float32)[table.dataset_ids]
+  return table.with_features(np.concatenate([table.features, one_hot], 1),
+                             table.featurizer + "+dataset_id")
+
+
+def split_metrics(table, choices):
+  from recal_jax import evaluate  # pylint: disable=import-outside-toplevel
+  m = evaluate.route_metrics(table, np.asarray(choices))
+  return {"accuracy": m["accuracy"], "cost": m["cost"], "macro_accuracy": m["macro_accuracy"],
+          "macro_cost": m["macro_cost"],
+          "per_dataset": {k: {"accuracy": v["accuracy"], "cost": v["cost"]}
+                          for k, v in m["per_dataset"].items()}}
+
+
+def run_non_rl(name, table, seed):
+  """Fits one non-RL router (hyper-parameters on validation) -> test metrics."""
+  from recal_jax import baselines  # pylint: disable=import-outside-toplevel
+  train, val, test = (table.subset(s) for s in ("train", "validation", "test"))
+  if name == "random":
+    router, params = baselines.RandomRouter(seed=seed).fit(train), {}
+  elif name == "best_single":
+    router, params = baselines.BestSingleArm().fit(train), {}
+  elif name == "category_best":
+    router, params = baselines.CategoryBestRouter().fit(train), {}
+  else:
+    makers = {
+        "knn": (baselines.KNNRouter, {"k": [5, 10, 20, 50, 100]}),
+        "mlp": (lambda **p: baselines.MLPScoreRegressor(seed=seed, **p),
+                {"hidden_size": [32, 128], "weight_decay": [0.01, 0.1]}),
+        "erp": (baselines.ERPRouter, {"ridge": [0.1, 1.0, 10.0, 100.0]}),
+    }
+    make, grid = makers[name]
+    selection = baselines.select_on_validation(make, grid, train, val, "accuracy")
+    router, params = selection.router, selection.params
+  result = {"test": split_metrics(test, router.choose(test)),
+            "validation": split_metrics(val, router.choose(val)), "params": params}
+  if name in ("erp", "knn"):
+    weights = [0.0] + list(np.logspace(1, 5, 13))
+    points = [split_metrics(test, router.choose(test, cost_weight=w)) for w in weights]
+    result["curve"] = [(p["cost"], p["accuracy"]) for p in points]
+  return result
+
+
+def run_rl(method, table, seed, config, workdir):
+  """Trains one RL router (or reuses a finished run in `workdir`)."""
+  from recal_jax import metrics_writer, train  # pylint: disable=import-outside-toplevel
+  done = os.path.join(workdir, "final.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  config = copy.deepcopy(config)
+  config.method = method
+  config.seed = seed
+  config.num_devices = 1
+  start = time.time()
+  final = train.train_and_evaluate(config, workdir, table=table)
+  records = metrics_writer.read_metrics(workdir)
+  curves = {k: [(r["step"], r[k]) for r in records if k in r]
+            for k in ("train/rollout/reward", "train/rollout/accuracy", "train/grad_norm",
+                      "validation/accuracy")}
+  per_dataset = {}
+  for split in ("validation", "test"):
+    prefix = f"router/{split}/per_dataset/"
+    names = {k[len(prefix):].split("/")[0] for k in final if k.startswith(prefix)}
+    per_dataset[split] = {n: {"accuracy": final[f"{prefix}{n}/accuracy"],
+                              "cost": final[f"{prefix}{n}/cost"]} for n in sorted(names)}
+  result = {split: {"accuracy": final[f"router/{split}/accuracy"],
+                    "cost": final[f"router/{split}/cost"],
+                    "macro_accuracy": final[f"router/{split}/macro_accuracy"],
+                    "macro_cost": final[f"router/{split}/macro_cost"],
+                    "per_dataset": per_dataset[split]}
+            for split in ("validation", "test")}
+  result.update(best_step=final["best_step"], seconds=time.time() - start, curves=curves)
+  with open(done, "w") as f:
+    json.dump(result, f)
+  return result
+
+
+def summarize(runs):
+  """{name: [result per seed]} -> {name: mean / std of test figures}."""
+  out = {}
+  for name, results in runs.items():
+    tests = [r["test"] for r in results]
+    row = {}
+    for key in ("accuracy", "cost", "macro_accuracy", "macro_cost"):
+      values = np.array([t[key] for t in tests])
+      row[key] = float(values.mean())
+      row[key + "_std"] = float(values.std())
+    datasets = tests[0]["per_dataset"].keys()
+    row["per_dataset"] = {d: float(np.mean([t["per_dataset"][d]["accuracy"] for t in tests]))
+                          for d in datasets}
+    row["validation_accuracy"] = float(np.mean([r["validation"]["accuracy"] for r in results]))
+    row["num_seeds"] = len(results)
+    out[name] = row
+  return out
+
+
+def markdown(summary, dataset_names, title):
+  from recal_jax import evaluate  # pylint: disable=import-outside-toplevel
+  rows = []
+  for name, s in sorted(summary.items(), key=lambda kv: -kv[1]["macro_accuracy"]):
+    row = {"method": name}
+    row.update({d: s["per_dataset"].get(d, float("nan")) for d in dataset_names})
+    row["macro acc"] = f"{s['macro_accuracy']:.3f} ± {s['macro_accuracy_std']:.3f}"
+    row["acc"] = f"{s['accuracy']:.3f} ± {s['accuracy_std']:.3f}"
+    row["cost (1e-4 USD)"] = f"{s['cost'] * 1e4:.2f} ± {s['cost_std'] * 1e4:.2f}"
+    row["val acc"] = s["validation_accuracy"]
+    rows.append(row)
+  return f"## {title}\n\n" + evaluate.format_table(rows) + "\n"
+
+
+def plot(runs, summary, table, workdir):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from recal_jax import evaluate  # pylint: disable=import-outside-toplevel
+  test = table.subset("test")
+  fig, ax = plt.subplots(figsize=(8, 6))
+  for arm in range(test.num_arms):
+    m = split_metrics(test, np.full(test.num_queries, arm))
+    ax.scatter(m["cost"], m["accuracy"], marker="x", color="grey")
+  oracle = split_metrics(test, evaluate.oracle_choices(test))
+  ax.scatter(oracle["cost"], oracle["accuracy"], marker="*", s=150, color="gold", label="oracle")
+  for name in ("erp", "knn"):
+    if name in runs and "curve" in runs[name][0]:
+      pts = np.array(evaluate.pareto_front(runs[name][0]["curve"]))
+      ax.plot(pts[:, 0], pts[:, 1], "--", label=f"{name} (cost-weight sweep)")
+  for name, s in summary.items():
+    if name.split(" ")[0] in NON_RL and name.split(" ")[0] not in ("best_single", "random"):
+      continue
+    ax.errorbar(s["cost"], s["accuracy"], xerr=s["cost_std"], yerr=s["accuracy_std"],
+                fmt="o", label=name, capsize=2)
+  ax.set_xscale("log")
+  ax.set_xlabel("average cost per query (USD, test)")
+  ax.set_ylabel("accuracy (test)")
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "cost_quality.png"), dpi=120)
+  plt.close(fig)
+
+  keys = (("train/rollout/reward", "training reward"), ("validation/accuracy", "validation accuracy"),
+          ("train/grad_norm", "gradient norm"))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+  for ax, (key, label) in zip(axes, keys):
+    for name, results in runs.items():
+      curves = [r.get("curves", {}).get(key) for r in results]
+      if not curves or not all(curves):
+        continue
+      length = min(len(c) for c in curves)
+      steps = np.array([s for s, _ in curves[0][:length]])
+      values = np.array([[v for _, v in c[:length]] for c in curves])
+      mean, std = values.mean(0), values.std(0)
+      (line,) = ax.plot(steps, mean, label=name, lw=1)
+      ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set_title(label)
+    ax.set_xlabel("step")
+  axes[0].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "training_curves.png"), dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from recal_jax import advantage, evaluate, train  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
+  if FLAGS.num_train_steps:
+    config.num_train_steps = FLAGS.num_train_steps
+  for method in FLAGS.methods:
+    advantage.method_config(method)  # fail fast on a typo
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  base = train.load_data(config)
+  tables = {"features": base, "features+dataset_id": with_dataset_id(base)}
+  runs: dict[str, list] = {}
+  started = time.time()
+  for seed in range(FLAGS.seeds):
+    for variant in FLAGS.variants:
+      table, suffix = tables[variant], VARIANT_SUFFIX[variant]
+      for name in NON_RL:
+        key = name + (suffix if name in ("knn", "mlp", "erp") else "")
+        if key in runs and len(runs[key]) > seed:
+          continue  # input-independent baselines run once per seed
+        runs.setdefault(key, []).append(run_non_rl(name, table, seed))
+      for method in FLAGS.methods:
+        workdir = os.path.join(FLAGS.workdir, "runs", f"{method}{suffix.replace(' +', '_')}",
+                               f"seed{seed}")
+        logging.info("[%.0fs] %s%s seed %d", time.time() - started, method, suffix, seed)
+        runs.setdefault(method + suffix, []).append(run_rl(method, table, seed, config, workdir))
+  test = base.subset("test")
+  oracle = split_metrics(test, evaluate.oracle_choices(test))
+  runs["oracle (bound)"] = [{"test": oracle, "validation": split_metrics(
+      base.subset("validation"), evaluate.oracle_choices(base.subset("validation")))}]
+  summary = summarize(runs)
+  results = {"table": base.describe(), "config": json.loads(config.to_json_best_effort()),
+             "seeds": FLAGS.seeds, "methods": FLAGS.methods, "summary": summary, "runs": runs,
+             "date": time.strftime("%Y-%m-%d"), "seconds": time.time() - started}
+  with open(os.path.join(FLAGS.workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  text = (f"# Routing comparison on {base.name}\n\n"
+          f"Test split ({test.num_queries} queries); mean ± std over {FLAGS.seeds} seeds; "
+          f"per-dataset columns are test accuracy. Hyper-parameters and checkpoints chosen on "
+          f"validation. Costs are {'estimated' if base.cost_is_estimated else 'exact'}.\n\n")
+  text += markdown(summary, base.dataset_names, "All methods")
+  with open(os.path.join(FLAGS.workdir, "results.md"), "w") as f:
+    f.write(text)
+  plot(runs, summary, base, FLAGS.workdir)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
