@@ -9,13 +9,16 @@ r"""Trains an LLM router with RL and calibrated rewards; prints how it compares.
 
 Writes checkpoints, `metrics.jsonl` and TensorBoard event files to --workdir
 (`tensorboard --logdir <workdir>/tensorboard`); re-running with the same
---workdir resumes from the latest checkpoint. At the end it prints validation
-and test accuracy and cost of the trained router (best checkpoint on
-validation) next to the best single arm (chosen on train) and the per-query
-oracle.
+--workdir resumes from the latest checkpoint. On SIGTERM (preemption) it saves
+a checkpoint of the current step and exits with status 75
+(`train.PREEMPTED_EXIT_CODE`); rerun the same command to resume. At the end
+it prints validation and test accuracy and cost of the trained router (best
+checkpoint on validation) next to the best single arm (chosen on train) and
+the per-query oracle.
 """
 
 import logging as std_logging
+import sys
 
 from absl import app
 from absl import flags
@@ -49,7 +52,12 @@ def main(argv):
     logging.get_absl_handler().addFilter(_HideOrbaxInfo())
   config = FLAGS.config
   logging.info("Config:\n%s", config)
-  final = train.train_and_evaluate(config, FLAGS.workdir)
+  try:
+    final = train.train_and_evaluate(config, FLAGS.workdir)
+  except train.Preempted as e:
+    # Checkpointed; the exit status tells a job wrapper to rerun (resumes).
+    print(f"\n{e}", flush=True)
+    sys.exit(train.PREEMPTED_EXIT_CODE)
   table = evaluate.format_table(train.comparison_rows(final), float_format="{:.4g}")
   print(f"\nAfter {final['step']} steps ({config.method}, {config.policy.kind} router; "
         f"best validation checkpoint: step {final['best_step']}):\n{table}")

@@ -169,9 +169,9 @@ class Router:
     target = train_lib.init_state(policy, tx, jax.random.key(0),
                                   feature_dim=int(description["feature_dim"]),
                                   num_datasets=len(description["datasets"]))
-    step, best = cls._checkpoint_step(workdir, checkpoint)
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
+      step, best = cls._checkpoint_step(checkpointer, checkpoint)
       state = checkpointer.restore(step, target, best=best)
     finally:
       checkpointer.close()
@@ -188,17 +188,21 @@ class Router:
                featurizer=text_featurizer, step=step)
 
   @staticmethod
-  def _checkpoint_step(workdir: str, checkpoint: str | int) -> tuple[int, bool]:
+  def _checkpoint_step(checkpointer: checkpointing.Checkpointer,
+                       checkpoint: str | int) -> tuple[int, bool]:
+    """(step, from best/) of the requested checkpoint; only complete saves count."""
+    workdir = checkpointer.workdir
     if checkpoint == "best":
-      path = os.path.join(workdir, "best", checkpointing.BEST_RECORD)
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} has no best checkpoint ({path} is missing)")
-      return int(checkpointing.read_json(path)["step"]), True
-    directory = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
+      record = checkpointer.best_record()
+      if record is None:
+        raise FileNotFoundError(f"{workdir} has no best checkpoint "
+                                f"(best/{checkpointing.BEST_RECORD} is missing)")
+      return int(record["step"]), True
+    steps = checkpointer.complete_steps()
     if checkpoint == "latest":
       if not steps:
-        raise FileNotFoundError(f"{workdir} has no checkpoint in {directory}")
+        raise FileNotFoundError(f"{workdir} has no complete checkpoint in "
+                                f"{os.path.join(workdir, 'checkpoints')}")
       return steps[-1], False
     step = int(checkpoint)
     if step not in steps:

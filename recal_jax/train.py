@@ -24,6 +24,19 @@
   4. evaluate the best-on-validation checkpoint on validation and test next to
      the best single arm (chosen on train) and the per-query oracle.
 
+Faults (tests/reliability_test.py):
+
+  * killed (SIGKILL, OOM, node loss): rerunning with the same workdir resumes
+    from the newest complete checkpoint and ends with bitwise the same
+    parameters as an uninterrupted run (batches and rollout keys are pure
+    functions of the step); the steps since that checkpoint are recomputed.
+  * preempted (SIGTERM): the step in flight finishes, a checkpoint of it is
+    saved, and `Preempted` is raised (`experiments/train.py` exits with
+    `PREEMPTED_EXIT_CODE`); rerunning resumes from that step.
+  * a NaN / inf loss, gradient or statistic, or a rollout whose reward is not
+    finite: `NonFiniteError` naming the step and the statistic; the bad state
+    is never saved, so the newest checkpoint is the last good one.
+
 Data parallelism: the devices form a 1-D mesh with axis 'data'. The batch
 (queries and rollouts) is sharded over it with `NamedSharding`, the state and
 the table are replicated, and the step is one `jit` program (GSPMD). Every
@@ -41,6 +54,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -71,6 +86,62 @@ DATA_AXIS = "data"
 
 class NonFiniteError(FloatingPointError):
   """A training statistic became NaN or infinite; names the step and statistic."""
+
+
+# Exit status of `experiments/train.py` after a preemption: EX_TEMPFAIL of
+# sysexits.h ("temporary failure, retry"), so a job wrapper can tell "rerun
+# me" (75) from "done" (0) and from a crash (1).
+PREEMPTED_EXIT_CODE = 75
+PREEMPTION_SIGNALS = (signal.SIGTERM,)
+
+
+class Preempted(Exception):
+  """Training stopped on a preemption signal after checkpointing its step.
+
+  Attributes:
+    step: the step that was checkpointed (the rerun resumes from it).
+    signal_name: e.g. 'SIGTERM'.
+    workdir: the work directory to rerun with.
+  """
+
+  def __init__(self, step: int, signal_name: str, workdir: str):
+    super().__init__(f"preempted by {signal_name} at step {step}; checkpoint {step} "
+                     f"saved in {workdir}; rerun with the same workdir to resume")
+    self.step = step
+    self.signal_name = signal_name
+    self.workdir = workdir
+
+
+class _PreemptionWatcher:
+  """Records `PREEMPTION_SIGNALS` while active; restores the old handlers.
+
+  The handler only records the signal (nothing else is safe in a signal
+  handler); the training loop polls `signal_name` between steps. Signal
+  handlers can only be set from the main thread: elsewhere the watcher does
+  nothing and the signals keep their default action.
+  """
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._previous = {}
+
+  def _record(self, signum, frame):
+    del frame
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in PREEMPTION_SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._record)
+    else:
+      logging.info("Not in the main thread: SIGTERM will not checkpoint before exiting")
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -485,7 +556,12 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
-  """Raises `NonFiniteError` naming the step and the first bad statistic."""
+  """Raises `NonFiniteError` naming the step and the first bad statistic.
+
+  Also for rollouts whose reward is NaN / inf (`advantage/invalid_rows` > 0):
+  the advantage functions drop such rows inside `jit`, which must not pass
+  silently in training.
+  """
   order = ["loss/loss", "grad_norm", "param_norm"] + sorted(metrics)
   for name in order:
     value = metrics.get(name)
@@ -493,6 +569,12 @@ def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
       raise NonFiniteError(
           f"step {step}: non-finite {name} = {value}; stopping. The last good "
           f"checkpoint is kept (lower the learning rate or check the rewards)")
+  invalid = metrics.get("advantage/invalid_rows", 0.0)
+  if invalid > 0:
+    raise NonFiniteError(
+        f"step {step}: advantage/invalid_rows = {invalid:g}: rollouts with a non-finite "
+        f"reward; stopping. The last good checkpoint is kept (check the outcomes "
+        f"and config.cost_scale)")
 
 
 def split_tables(table: table_lib.RoutingTable) -> dict[str, table_lib.RoutingTable]:
@@ -522,12 +604,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Raises:
     NonFiniteError: a loss, gradient or other statistic became NaN / inf.
+    Preempted: SIGTERM arrived; the current step was checkpointed first.
+    table_lib.RoutingDataError: `table` is malformed (e.g. a NaN outcome).
+    checkpointing.CheckpointError: `workdir` holds checkpoints, none readable.
   """
   maybe_initialize_distributed(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_chief = jax.process_index() == 0
   if table is None:
     table = load_data(config)
+  table.validate()  # loaders validate; a table passed in may not have been
   splits = split_tables(table)
   train_table, validation_table = splits["train"], splits["validation"]
   if validation_table.num_queries == 0:
@@ -560,7 +646,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpointer = checkpointing.Checkpointer(
       workdir, max_to_keep=int(config.max_checkpoints_to_keep),
       config_json=json.loads(config.to_json_best_effort()),
-      table_description=description)
+      table_description=description, cleanup_partial_saves=True)
   saved_table = checkpointer.saved_table()
   if saved_table is not None and saved_table.get("fingerprint") != description["fingerprint"]:
     raise ValueError(
@@ -605,20 +691,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       best = checkpointer.best_record()
     return scalars
 
-  if initial_step == 0:
-    result.update({f"initial/{k}": v for k, v in run_evaluation(0, state).items()})
-    checkpointer.save(0, state)
-  else:
-    logging.info("Resumed from step %d", initial_step)
-
   progress = metrics_writer.ProgressBar(num_steps, initial_step, enabled=(
       None if is_chief else False))
   window: list[dict[str, float]] = []
   window_start = time.perf_counter()
   last_logged = {}
   step = initial_step
+  # From here on SIGTERM is recorded, not fatal: the loop checkpoints and
+  # raises `Preempted` before the next step.
+  watcher = _PreemptionWatcher().__enter__()
   try:
+    if initial_step == 0:
+      result.update({f"initial/{k}": v for k, v in run_evaluation(0, state).items()})
+      checkpointer.save(0, state)
+    else:
+      logging.info("Resumed from step %d", initial_step)
     while step < num_steps:
+      if watcher.signal_name is not None:
+        checkpointer.save(step, state)
+        logging.warning("Preempted by %s at step %d: saved checkpoint %d in %s; "
+                        "rerun with the same workdir to resume", watcher.signal_name,
+                        step, step, workdir)
+        raise Preempted(step, watcher.signal_name, workdir)
       query_indices = global_batch(sampler.indices(step), fns.batch_sharding)
       if live_env is None:
         state, metrics = fns.train_step(state, query_indices)
@@ -653,6 +747,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     checkpointer.close()
     raise
+  finally:
+    watcher.__exit__(None, None, None)
   progress.close()
   writer.flush()
 

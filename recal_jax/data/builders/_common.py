@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import math
 import os
@@ -45,38 +46,48 @@ CHARS_PER_TOKEN = 4.0
 # --------------------------------------------------------------------------
 # Strict readers.
 # --------------------------------------------------------------------------
-def read_json(path: str | os.PathLike) -> Any:
-  """Parses a JSON file; malformed JSON raises `RoutingDataError` with the line."""
+def read_text(path: str | os.PathLike) -> str:
+  """The file as text; a missing file or bytes that are not UTF-8 (e.g. a file
+  cut inside a multi-byte character) raise `RoutingDataError` with the line."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise RoutingDataError(f"{path}: file not found")
-  with open(path, encoding="utf-8") as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise RoutingDataError(
-          f"{path}: line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from e
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise RoutingDataError(f"{path}: line {line}: not valid UTF-8 ({e.reason})") from e
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """Parses a JSON file; malformed JSON raises `RoutingDataError` with the line."""
+  path = os.fspath(path)
+  text = read_text(path)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise RoutingDataError(
+        f"{path}: line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from e
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
   """(1-based line number, object) for each non-blank line of a JSONL file."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise RoutingDataError(f"{path}: file not found")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise RoutingDataError(
-            f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
-      if not isinstance(obj, dict):
-        raise RoutingDataError(
-            f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
-      rows.append((lineno, obj))
+  for lineno, line in enumerate(read_text(path).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise RoutingDataError(
+          f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(obj, dict):
+      raise RoutingDataError(
+          f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
+    rows.append((lineno, obj))
   return rows
 
 
@@ -87,10 +98,8 @@ def read_csv_rows(path: str | os.PathLike,
   Raises `RoutingDataError` if a required column is missing or a row is short.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise RoutingDataError(f"{path}: file not found")
   csv.field_size_limit(1 << 30)
-  with open(path, encoding="utf-8", newline="") as f:
+  with io.StringIO(read_text(path), newline="") as f:
     reader = csv.reader(f)
     try:
       header = next(reader)
