@@ -36,16 +36,21 @@ import numpy as np
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config of the RL runs.",
-                                lock_config=False)
-flags.DEFINE_string("workdir", None, "Output directory.")
-flags.DEFINE_integer("seeds", 3, "Number of seeds per method.")
-flags.DEFINE_list("methods", ["recal", "recal_no_hierarchy", "recal_no_variance_weights",
-                              "recal_no_dataset_norm", "router_r1", "grpo", "dr_grpo",
-                              "rloo", "gdpo"], "RL methods (names of advantage.METHODS).")
-flags.DEFINE_list("variants", ["features", "features+dataset_id"], "Input variants.")
-flags.DEFINE_integer("num_train_steps", 0, "Override config.num_train_steps (0: keep).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags():
+  """Defined only when run as a program: importing this module defines none."""
+  config_flags.DEFINE_config_file("config", None, "Training config of the RL runs.",
+                                  lock_config=False)
+  flags.DEFINE_string("workdir", None, "Output directory.")
+  flags.DEFINE_integer("seeds", 3, "Number of seeds per method.")
+  flags.DEFINE_list("methods", ["recal", "recal_no_hierarchy", "recal_no_variance_weights",
+                                "recal_no_dataset_norm", "router_r1", "grpo", "dr_grpo",
+                                "rloo", "gdpo"], "RL methods (names of advantage.METHODS).")
+  flags.DEFINE_list("variants", ["features", "features+dataset_id"], "Input variants.")
+  flags.DEFINE_integer("num_train_steps", 0, "Override config.num_train_steps (0: keep).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
 
 NON_RL = ("random", "best_single", "category_best", "knn", "mlp", "erp")
 VARIANT_SUFFIX = {"features": "", "features+dataset_id": " +id"}
@@ -263,4 +268,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
