@@ -166,9 +166,10 @@ class Router:
     arm_table = _ArmTable(tuple(m for m, _ in arms), tuple(s for _, s in arms))
     policy = policies.make_policy(config.policy, arm_table)
     tx = train_lib.make_optimizer(config)
-    target = train_lib.init_state(policy, tx, jax.random.key(0),
-                                  feature_dim=int(description["feature_dim"]),
-                                  num_datasets=len(description["datasets"]))
+    # Jitted: building the restore target op by op takes seconds.
+    target = jax.jit(functools.partial(
+        train_lib.init_state, policy, tx, feature_dim=int(description["feature_dim"]),
+        num_datasets=len(description["datasets"])))(jax.random.key(0))
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
       step, best = cls._checkpoint_step(checkpointer, checkpoint)

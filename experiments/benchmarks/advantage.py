@@ -54,7 +54,8 @@ import time
 
 import numpy as np
 
-RESULTS_FILE = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+from experiments.benchmarks.common import (  # noqa: E402
+    RESULTS_FILE, load_average, machine_description, write_section)
 SECTION = "## Advantage"
 GROUP = 8
 DATASETS = 7
@@ -180,25 +181,6 @@ def loop_recal(components, group_ids, dataset_ids, mask, num_groups, cfg):
 
 
 # ------------------------------------------------------------ machinery
-def machine_description() -> str:
-  cpu_model = platform.processor() or "unknown cpu"
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu_model = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return f"{os.cpu_count()} cores (nproc), {cpu_model}"
-
-
-def load_average() -> str:
-  try:
-    return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-  except OSError:
-    return "n/a"
-
-
 def jax_functions(num_groups: int):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -393,8 +375,7 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
   lines.append(
       f"Written by `experiments/benchmarks/advantage.py` on "
       f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: "
-      f"{machine_description()}; jax {jax.__version__} (CPU backend, default "
-      f"XLA flags); load average (1, 5, 15 min) at start {loads[0]}, at end "
+      f"{machine_description()}; default XLA flags; load average (1, 5, 15 min) at start {loads[0]}, at end "
       f"{loads[1]}; wall time {elapsed:.0f} s.")
   lines.append("")
   lines.append(f"Command: `{args.command}`")
@@ -514,21 +495,6 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
   return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: pathlib.Path = RESULTS_FILE) -> None:
-  """Replaces the `## Advantage` section of `path` (appends it if absent)."""
-  if not path.exists():
-    path.write_text("# Benchmarks\n\n" + text)
-    return
-  old = path.read_text()
-  start = old.find(SECTION + "\n")
-  if start < 0:
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
-    return
-  nxt = old.find("\n## ", start + len(SECTION))
-  rest = "" if nxt < 0 else "\n" + old[nxt + 1:]
-  path.write_text(old[:start] + text + rest)
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--min_log2", type=int, default=12)
@@ -584,7 +550,7 @@ def main(argv=None) -> None:
                         args, loads, time.perf_counter() - start)
   print(report)
   if args.write:
-    write_section(report)
+    write_section(SECTION, report)
     print(f"wrote {RESULTS_FILE}")
 
 

@@ -65,19 +65,6 @@ def make_queries(num_queries: int, seed: int = 0) -> list[str]:
   return queries
 
 
-def machine_description() -> str:
-  """'<nproc> cores, <cpu model>' from os and /proc/cpuinfo."""
-  cpu_model = platform.processor() or "unknown cpu"
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu_model = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return f"{os.cpu_count()} cores, {cpu_model}"
-
-
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num_queries", type=int, default=1000)
@@ -97,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
   except ImportError:  # Run as a script from a checkout, not installed.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
     from recal_jax.data import minilm  # pylint: disable=g-import-not-at-top
+  from experiments.benchmarks.common import machine_description  # pylint: disable=g-import-not-at-top
 
   load_average = os.getloadavg()[0]
   queries = make_queries(args.num_queries)
