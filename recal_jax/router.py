@@ -86,22 +86,10 @@ class RouteResult:
     return out
 
 
-def _arm_log_probs(policy, params, features):
-  """[Q, D] -> [Q, A] log pi(arm | query) (token router: the route's tokens)."""
-  if isinstance(policy, policies.TokenPolicy):
-    q, a = features.shape[0], policy.num_arms
-    routes = jnp.asarray([policy.route_tokens(i) for i in range(a)], jnp.int32)
-    tokens = jnp.tile(routes, (q, 1))  # [Q * A, 3]
-    repeated = jnp.repeat(features, a, axis=0)
-    log_probs, _ = policy.log_probs_and_entropy(params, repeated, tokens)
-    return log_probs.sum(-1).reshape(q, a)
-  return jax.nn.log_softmax(policy.logits(params, features), axis=-1)
-
-
 def _route_core(policy, outcome: outcome_lib.OutcomeModel, params, features,
                 cost_weights):
   """The jitted part: greedy routes and routes for every cost weight."""
-  arm_logp = _arm_log_probs(policy, params, features)  # [Q, A]
+  arm_logp = policy.arm_log_probs(params, features)  # [Q, A]
   greedy = policy.greedy(params, features).arm_indices  # [Q]
   fallback = jnp.argmax(arm_logp, axis=-1)
   malformed = greedy < 0

@@ -77,6 +77,15 @@ class CategoricalPolicyTest(parameterized.TestCase):
     np.testing.assert_allclose(new[:, :4], old, rtol=1e-6)
 
 
+  def test_arm_log_probs_are_the_log_softmax(self):
+    policy = policies.CategoricalPolicy(num_arms=5, hidden_dims=(16,), embedding_dim=8)
+    params = policy.init(jax.random.key(0), FEATURE_DIM)
+    features = _features(3)
+    np.testing.assert_allclose(
+        policy.arm_log_probs(params, features),
+        np.log(policy.action_distribution(params, features)), atol=1e-5)
+
+
 class TokenPolicyTest(parameterized.TestCase):
 
   def setUp(self):
@@ -94,6 +103,16 @@ class TokenPolicyTest(parameterized.TestCase):
                      ("<pad>", "<bos>", "<eos>", "direct", "cot", "small", "large", "coder"))
     self.assertEqual(self.policy.num_arms, 4)
     self.assertEqual(self.policy.route_length, 3)
+
+  def test_arm_log_probs_equal_teacher_forced_route_log_probs(self):
+    # Shared-prefix scoring must equal scoring each arm's full route alone.
+    got = jax.jit(self.policy.arm_log_probs)(self.params, self.features)
+    q, a = self.features.shape[0], self.policy.num_arms
+    routes = jnp.asarray([self.policy.route_tokens(i) for i in range(a)], jnp.int32)
+    log_probs, _ = self.policy.log_probs_and_entropy(
+        self.params, jnp.repeat(self.features, a, 0), jnp.tile(routes, (q, 1)))
+    np.testing.assert_allclose(got, log_probs.sum(-1).reshape(q, a), atol=1e-5)
+    self.assertTrue((np.exp(got).sum(1) <= 1 + 1e-5).all())  # the rest is malformed
 
   def test_sequence_probabilities_sum_to_one(self):
     # Every one of the V^3 token sequences, well formed or not, has a

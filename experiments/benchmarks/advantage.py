@@ -44,7 +44,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import re
 import shlex
 import statistics

@@ -7,6 +7,7 @@ import os
 import pathlib
 import platform
 import shlex
+import sys
 import tempfile
 
 RESULTS_FILE = pathlib.Path(__file__).resolve().parent / "RESULTS.md"

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import shlex
 import statistics
 import sys

@@ -43,21 +43,16 @@ experiments/benchmarks/RESULTS.md (only that section is replaced).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import os
 import pathlib
-import platform
 import resource
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 
 from experiments.benchmarks.common import (  # noqa: E402
-    RESULTS_FILE, command_line, header_line, load_average, machine_description,
-    markdown_table, write_section)
+    RESULTS_FILE, command_line, header_line, load_average, markdown_table, write_section)
 
 SECTION = "## Train step"
 # glibc: one arena (XLA's worker threads otherwise use per-thread arenas whose
