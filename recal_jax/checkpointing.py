@@ -108,12 +108,22 @@ class Checkpointer:
         os.path.join(self.workdir, "best"),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, **options))
     self._unreadable: set[int] = set()  # steps that failed to restore
-    if jax.process_index() == 0:
-      os.makedirs(self.workdir, exist_ok=True)
-      if config_json is not None:
-        _write_json(os.path.join(self.workdir, "config.json"), self.config_json)
-      if table_description is not None:
-        _write_json(os.path.join(self.workdir, "table.json"), self.table_description)
+    self._write_config = config_json is not None
+    self._write_table = table_description is not None
+
+  def write_descriptions(self) -> None:
+    """Writes `config.json` / `table.json` (process 0).
+
+    The trainer calls this only after checking that the work dir's saved
+    checkpoints belong to this table, so a refused run changes nothing.
+    """
+    if jax.process_index() != 0:
+      return
+    os.makedirs(self.workdir, exist_ok=True)
+    if self._write_config:
+      _write_json(os.path.join(self.workdir, "config.json"), self.config_json)
+    if self._write_table:
+      _write_json(os.path.join(self.workdir, "table.json"), self.table_description)
 
   def _args(self, state):
     return ocp.args.Composite(

@@ -653,6 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"{workdir} holds checkpoints trained on table fingerprint "
         f"{saved_table.get('fingerprint')}, but this run's table is "
         f"{description['fingerprint']}; use a fresh workdir")
+  checkpointer.write_descriptions()
   if is_chief and not os.path.exists(os.path.join(workdir, outcome_lib.FILENAME)):
     # Expected score / cost per arm for routing new queries (recal_jax.router).
     outcome_lib.fit(train_table).save(workdir)

@@ -220,8 +220,11 @@ class ResumeTest(absltest.TestCase):
 
   def test_other_table_in_workdir_is_rejected(self):
     other = synthetic.make_synthetic(600, seed=4, feature_dim=16)
+    table_json = os.path.join(self.straight, "table.json")
+    before = open(table_json).read()
     with self.assertRaisesRegex(ValueError, "fingerprint"):
       train.train_and_evaluate(self.config(30), self.straight, table=other)
+    self.assertEqual(open(table_json).read(), before)  # a refused run changes nothing
 
 
 class NonFiniteTest(absltest.TestCase):
