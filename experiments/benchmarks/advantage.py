@@ -367,6 +367,24 @@ def fmt_ratio(x):
   return "-" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
 
+def timing_table(results) -> list[str]:
+  """Markdown rows: per N and method, compile, steady time, rate and ratios."""
+  lines = ["| N | method | compile s | steady ms | rollouts/s | x numpy | x floor |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for r in results:
+    st = r["steady"]
+    for name in METHODS:
+      if name not in st:
+        continue
+      t = st[name]
+      lines.append(
+          f"| 2^{int(np.log2(r['n']))} | {name} | {r['first'][name]:.2f} | "
+          f"{fmt_ms(t)} | {fmt_rate(r['n'], t)} | "
+          f"{fmt_ratio(st['numpy'] / t if 'numpy' in st else None)} | "
+          f"{fmt_ratio(t / st['floor'] if 'floor' in st else None)} |")
+  return lines
+
+
 def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
                  loads, elapsed) -> str:
   import jax  # pylint: disable=import-outside-toplevel
@@ -397,20 +415,7 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
       "x floor = time / floor time. Compile = first call (trace + XLA "
       "compile + one run).")
   lines.append("")
-  sizes = [r["n"] for r in results]
-  header = ("| N | method | compile s | steady ms | rollouts/s | x numpy | x floor |")
-  lines += [header, "| --- | --- | --- | --- | --- | --- | --- |"]
-  for r in results:
-    st = r["steady"]
-    for name in METHODS:
-      if name not in st:
-        continue
-      t = st[name]
-      lines.append(
-          f"| 2^{int(np.log2(r['n']))} | {name} | {r['first'][name]:.2f} | "
-          f"{fmt_ms(t)} | {fmt_rate(r['n'], t)} | "
-          f"{fmt_ratio(st['numpy'] / t if 'numpy' in st else None)} | "
-          f"{fmt_ratio(t / st['floor'] if 'floor' in st else None)} |")
+  lines += timing_table(results)
   lines.append("")
   lines.append("Growth with N: slope of log2(time) vs log2(N), least squares "
                "(1 = linear); small N is dominated by fixed per-call costs, so "
@@ -429,17 +434,7 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
                  "fast path's run-time check fails, so `recal` runs the general "
                  "path):")
     lines.append("")
-    lines += [header, "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in ragged:
-      st = r["steady"]
-      for name in METHODS:
-        if name in st:
-          t = st[name]
-          lines.append(
-              f"| 2^{int(np.log2(r['n']))} | {name} | {r['first'][name]:.2f} | "
-              f"{fmt_ms(t)} | {fmt_rate(r['n'], t)} | "
-              f"{fmt_ratio(st['numpy'] / t if 'numpy' in st else None)} | "
-              f"{fmt_ratio(t / st['floor'] if 'floor' in st else None)} |")
+    lines += timing_table(ragged)
     lines.append("")
   errs = {name: max(r["max_abs_err"].get(name, 0.0) for r in results + ragged)
           for name in ("recal", "recal_general", "loop")}
