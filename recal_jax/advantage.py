@@ -77,13 +77,16 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
        `dataset_norm_components` (continuous raw components such as cost).
     1. gate, r <- `hierarchical_gate`(r)                      (if hierarchy)
        'components': A = sum_k w_k `componentwise_advantages`(r)[:, k]
+                     (its `estimators.estimate` on the K columns)
                      (statistics among gated-in members if conditional)
        'sum':        A = `grpo_advantages` / `rloo_advantages` of
                      sum_k w_k r[:, k] (`sum_weights`; with the hierarchy's
                      fail values this is Router-R1's scalar reward)
        then `whiten`(A) if `whiten`.
     2. omega = `calibration.variance_weights` of `variance_component`
-       Ahat  = `calibration.dataset_normalize`(A)  ('batch'), or
+       Ahat  = `calibration.dataset_normalize`(A)  ('batch': its
+               `estimators.standardize`, sharing the dataset moments with
+               the diagnostics), or
                `update_dataset_stats` + `normalize_with_stats` ('running')
        weight = omega[g(i)], then `dataset_balance_weights` if
                `balance_datasets` (every dataset's total weight equal).
@@ -119,7 +122,8 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
         graded scores included); only with a `variance_component`.
       weight_mean: mean loss weight.
       dataset_count [D], dataset_adv_mean [D], dataset_adv_std [D]: valid
-        rows, mean and std (ddof 0) of the returned advantages per dataset.
+        rows, mean and std (ddof 0) per dataset of the advantages before the
+        per-dataset normalisation (what it corrects).
   """
   components = est.check_rewards(components, 2, "components")
   n, k = components.shape
@@ -142,12 +146,8 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
 
   # Stage 0: continuous raw components standardised per dataset.
   r = est.columns(raw)
-  if config.dataset_norm_components:
-    idx = [names.index(c) for c in config.dataset_norm_components]
-    normed = calibration.dataset_normalize(raw[:, idx], dataset_ids, num_datasets,
-                                           valid, **stats, **layout)
-    for j, c in enumerate(idx):
-      r[c] = normed[:, j]
+  for c in config.dataset_norm_components:  # `calibration.dataset_normalize`
+    r[names.index(c)] = est.standardize(r[names.index(c)], valid, datasets, **stats)
 
   # Stage 1: hierarchical gate, component-wise (or summed) advantages.
   gates = None
@@ -164,13 +164,14 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
           [seg_lib.pairwise_sum(valid * g) for g in gates]) / denom),
   }
   if config.reward == "components":
-    per = componentwise_advantages(
-        jnp.stack(r, axis=1), group_ids, num_groups, valid,
-        gate=None if gates is None else jnp.stack(gates, axis=1),
-        conditional=config.conditional, **estimator, **layout)
-    adv = est.weighted_sum(est.columns(per), config.weight_vector())
+    # `componentwise_advantages` on the K columns (no [N, K] round trip).
+    members = [valid] * k
+    if gates is not None and config.conditional:
+      members = [valid * g for g in gates]
+    per = est.estimate(r, members, groups, **estimator)
+    adv = est.weighted_sum(per, config.weight_vector())
     diagnostics["component_adv_std"] = jnp.sqrt(jnp.stack(
-        [seg_lib.pairwise_sum(jnp.square(c)) for c in est.columns(per)]) / denom)
+        [seg_lib.pairwise_sum(jnp.square(c)) for c in per]) / denom)
   else:
     scalar = est.weighted_sum(r, config.weight_vector(sum_weights=True))
     if config.estimator == "grpo":
@@ -199,9 +200,10 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
     weights = calibration.dataset_balance_weights(dataset_ids, num_datasets, valid,
                                                   weights=weights, **layout)
   new_state = dataset_state
+  before = datasets.moments([adv], [valid])[0]
   if config.dataset_norm == "batch":
-    adv = calibration.dataset_normalize(adv, dataset_ids, num_datasets, valid,
-                                        **stats, keep_zeros=True, **layout)
+    # `calibration.dataset_normalize` with the moments computed above.
+    adv = est.standardize(adv, valid, datasets, **stats, keep_zeros=True, moments=before)
   elif config.dataset_norm == "running":
     new_state = calibration.update_dataset_stats(
         dataset_state, adv, dataset_ids, valid, decay=config.running_decay, **layout)
@@ -209,8 +211,8 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
                                            eps=config.eps, keep_zeros=True)
   else:
     adv = jnp.where(valid > 0, adv, 0.0)
-  final = datasets.moments([adv], [valid])[0].stats(0)
+  before = before.stats(0)
   diagnostics.update(weight_mean=seg_lib.pairwise_sum(weights) / denom,
-                     dataset_count=final.count, dataset_adv_mean=final.mean,
-                     dataset_adv_std=final.std)
+                     dataset_count=before.count, dataset_adv_mean=before.mean,
+                     dataset_adv_std=before.std)
   return ReCalOutput(adv, weights, diagnostics, new_state)

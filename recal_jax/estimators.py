@@ -182,10 +182,10 @@ def center_scale(mo: Moments, *, estimator: str = "grpo",
 def estimate(values: list[Array], members: list[Array], seg: Segmentation, *,
              estimator: str = "grpo", std_scaling: str = "group",
              ddof: int = 0, eps: float = 1e-6, singleton: str = "zero",
-             batch_seg: Optional[Segmentation] = None) -> list[Array]:
+             moments: Optional[list[Moments]] = None) -> list[Array]:
   """Group advantages of each row-wise column (`center_scale` on member rows,
-  0 elsewhere); all columns' statistics are reduced together."""
-  moments = seg.moments(values, members)
+  0 elsewhere); all columns' statistics are reduced together (or given)."""
+  moments = seg.moments(values, members) if moments is None else moments
   out = []
   for v, m, mo in zip(values, members, moments):
     batch = batch_moments(mo) if std_scaling == "batch" else None
@@ -203,7 +203,8 @@ def batch_moments(mo: Moments) -> Moments:
 
 
 def standardize(values: Array, mask: Array, seg: Segmentation, *, ddof: int = 0,
-                eps: float = 1e-6, keep_zeros: bool = False) -> Array:
+                eps: float = 1e-6, keep_zeros: bool = False,
+                moments: Optional[Moments] = None) -> Array:
   """(x - mean_s) / (std_s + eps) per segment on rows with mask > 0, else 0.
 
   A segment without spread gives 0. `keep_zeros`: rows with x == 0 stay 0.
@@ -212,9 +213,11 @@ def standardize(values: Array, mask: Array, seg: Segmentation, *, ddof: int = 0,
   0 maps to 0; in float32 the mean is rounding noise that would turn "no
   signal" (a group without spread) into a small signal of its sign. (With
   `singleton='raw'` a lone rollout's A = r is not centred: there the rule is
-  a choice, 0 stays 0.)
+  a choice, 0 stays 0.) `moments`: the segments' `Moments` of `values`, if
+  already computed.
   """
-  out = estimate([values], [mask], seg, ddof=ddof, eps=eps)[0]
+  out = estimate([values], [mask], seg, ddof=ddof, eps=eps,
+                 moments=None if moments is None else [moments])[0]
   return jnp.where(values != 0, out, 0.0) if keep_zeros else out
 
 

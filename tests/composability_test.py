@@ -76,6 +76,17 @@ class EagerCallsCompileOnceTest(absltest.TestCase):
       self.assertEqual(counter.count, 0, msg=name)
 
 
+  def test_readme_snippet_runs_eagerly_without_recompiling(self):
+    readme = (pathlib.Path(advantage.__file__).parents[1] / "README.md").read_text()
+    start = readme.index("## The maths in your own loop")
+    code = readme[readme.index("```python\n", start) + 10:]
+    code = code[:code.index("```")]
+    exec(code, {})  # pylint: disable=exec-used
+    with CompileCounter() as counter:
+      exec(code, {})  # pylint: disable=exec-used
+    self.assertEqual(counter.count, 0)
+
+
 class NamedComponentsTest(absltest.TestCase):
   """Item 7: components are named; any K >= 1 with a consistent tree works."""
 
