@@ -45,10 +45,11 @@ import jax.numpy as jnp
 from recal_jax import calibration
 from recal_jax import segments as seg_lib
 from recal_jax.estimators import (ESTIMATORS, SINGLETON_RULES,  # noqa: F401
-                                  STD_SCALINGS, Hierarchy, check_inputs,
+                                  STD_SCALINGS, check_inputs,
                                   componentwise_advantages, gdpo_advantages,
-                                  group_stats, grpo_advantages,
-                                  hierarchical_gate, rloo_advantages, whiten)
+                                  group_stats, grpo_advantages, rloo_advantages,
+                                  whiten)
+from recal_jax.hierarchy import Hierarchy, gate_columns, hierarchical_gate  # noqa: F401
 from recal_jax import estimators as est
 from recal_jax.recal_config import (METHODS, ROUTING_COMPONENTS,  # noqa: F401
                                    ROUTING_TREE, ReCalConfig, method_config)
@@ -152,7 +153,7 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   # Stage 1: hierarchical gate, component-wise (or summed) advantages.
   gates = None
   if config.hierarchy is not None:
-    gates, r = est.gate_columns(r, config.hierarchy, names)
+    gates, r = gate_columns(r, config.hierarchy, names)
   estimator = dict(estimator=config.estimator, std_scaling=config.std_scaling,
                    singleton=config.singleton, **stats)
   count = seg_lib.pairwise_sum(valid)

@@ -19,10 +19,15 @@ Three pieces, each a pure function over flat batches:
   statistics (`running_dataset_stats`: an `(init, update)` pair, rlax/acme
   style, with debiasing of early steps and an optional cross-device
   reduction). A dataset absent from the batch is left untouched; a dataset
-  seen with a single row normalises to 0.
+  seen with a single row normalises to 0; with `keep_zeros` (advantages)
+  rows with A = 0 stay 0 (`estimators.standardize`).
 
-* Dataset-balancing weights: `b[i] = n_valid / (D_present * n[d(i)])`, so
-  each dataset present in the batch contributes the same total weight.
+* Dataset balancing: the weights w (e.g. omega[g(i)]) scaled by
+  `W / (D_present * W[d(i)])`, W[d] the total weight of dataset d, so each
+  dataset present contributes the same total weight to the loss.
+
+`group_size` is the layout (`recal_jax.advantage` module docstring): None
+for any, an int G when every group is G contiguous rows in one dataset.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import jax.numpy as jnp
 
 from recal_jax import estimators
 from recal_jax import segments as seg_lib
-from recal_jax.segments import Moments
 
 Array = jax.Array
 

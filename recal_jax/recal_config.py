@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-from recal_jax.estimators import ESTIMATORS, SINGLETON_RULES, STD_SCALINGS, Hierarchy, _pairs
+from recal_jax.estimators import ESTIMATORS, SINGLETON_RULES, STD_SCALINGS
+from recal_jax.hierarchy import Hierarchy, _pairs
 
 REWARDS = ("components", "sum")
 DATASET_NORMS = ("none", "batch", "running")

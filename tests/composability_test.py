@@ -128,7 +128,8 @@ class NamedComponentsTest(absltest.TestCase):
         advantage.ReCalConfig(**{"components": ("a", "b"), **kwargs})
 
   def test_core_imports_nothing_from_routing(self):
-    core = ("segments", "estimators", "calibration", "recal_config", "advantage", "losses")
+    core = ("segments", "estimators", "hierarchy", "calibration", "recal_config", "advantage",
+            "losses")
     root = pathlib.Path(advantage.__file__).parent
     for module in core:
       tree = ast.parse((root / f"{module}.py").read_text())
