@@ -222,6 +222,9 @@ def validate_config(config, methods: Sequence[str] | None = None) -> None:
   _number(config, "cost_scale", minimum=0, strict=True,
           why=" (the cost reward is -cost_usd / cost_scale)")
   _number(config, "learning_rate", minimum=0, strict=True)
+  if config.data.get("name", "") == "jsonl" and not config.data.get("path", ""):
+    raise ConfigError("--config.data.path is empty: give the path of your JSONL log "
+                      "(--config.data.path=/path/to/logs.jsonl)")
   fractions = config.data.get("split_fractions", None)
   if fractions is not None:
     fractions = tuple(fractions)

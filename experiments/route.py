@@ -4,7 +4,9 @@ r"""Route queries from a JSONL file with a trained router.
       [--budget=0.001 | --cost_weight=300] [--checkpoint=best] [--out=routes.jsonl]
 
 Each input line is a JSON object with `query` (text; featurised like the
-training data) or `features` (a list of D numbers), and optionally `query_id`.
+training data) or `features` (a list of D numbers), and optionally `query_id`
+and `dataset` (needed by routers trained with the dataset id, the `+id`
+routers of `experiments.compare`).
 Each output line (stdout, or --out) is the input's `query_id` (or its line
 number) with the chosen `model`, `strategy`, `arm`, `probability`,
 `predicted_score`, `expected_cost_usd` and, with --probabilities, every arm's
@@ -51,7 +53,8 @@ class QueryFileError(ValueError):
 
 
 def read_queries(path: str):
-  """-> (items [(line, query_id, text or None, features or None)], errors [(line, msg)])."""
+  """-> (items [(line, query_id, text or None, features or None, dataset or None)],
+  errors [(line, msg)])."""
   try:
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")
   except OSError as e:
@@ -80,7 +83,11 @@ def read_queries(path: str):
                                        all(isinstance(v, (int, float)) for v in features)):
         errors.append((line_number, "field 'features' must be a list of numbers"))
         continue
-      items.append((line_number, record.get("query_id", line_number), text, features))
+      dataset = record.get("dataset")
+      if dataset is not None and not isinstance(dataset, str):
+        errors.append((line_number, "field 'dataset' must be a string"))
+        continue
+      items.append((line_number, record.get("query_id", line_number), text, features, dataset))
   if not items and not errors:
     raise QueryFileError(f"query file {path} has no queries")
   return items, errors
@@ -97,8 +104,9 @@ def route_items(router, items, *, budget=None, cost_weight=None, probabilities=F
     for start in range(0, len(group), batch_size):
       chunk = group[start:start + batch_size]
       inputs = [it[2] if kind == "text" else it[3] for it in chunk]
+      datasets = [it[4] for it in chunk] if any(it[4] is not None for it in chunk) else None
       try:
-        result = router.route(inputs, budget=budget, cost_weight=cost_weight)
+        result = router.route(inputs, budget=budget, cost_weight=cost_weight, datasets=datasets)
       except ValueError as e:
         if len(chunk) == 1:
           errors.append((chunk[0][0], str(e)))

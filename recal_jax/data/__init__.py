@@ -30,14 +30,21 @@ __all__ = ["RoutingTable", "RoutingDataError", "load_table", "load_table_from_co
 def load_table_from_config(data) -> RoutingTable:
   """`load_table` with the arguments of a `config.data` block (ConfigDict or dict).
 
-  Fields (absent ones take `load_table`'s defaults): `name`, `featurizer`
+  Fields (absent ones take `load_table`'s defaults): `name` ('jsonl' reads
+  `path`; 'jsonl:<path>' works too), `featurizer`
   ('' = None), `manual_dir` ('' = default), `seed`; synthetic only:
   `num_queries`, `feature_dim`; synthetic and JSONL: `split_fractions`
   (train, validation, test) for queries without a given split; JSONL only:
-  `prices` ('' or a JSON file of USD / 1M token prices per model).
+  `prices` ('' or a JSON file of USD / 1M token prices per model);
+  `question_pattern` (a regex; group 1 is the part of each text featurised,
+  `feature_wrappers.QuestionFeaturizer`).
   """
   get = data.get
   name = str(get("name", "synthetic"))
+  if name == "jsonl":
+    if not get("path", ""):
+      raise ValueError("config.data.name='jsonl' needs the log's path: --config.data.path=PATH")
+    name = "jsonl:" + str(get("path"))
   kwargs = {}
   if name == "synthetic":
     kwargs.update(num_queries=int(get("num_queries", 4000)),
@@ -48,7 +55,12 @@ def load_table_from_config(data) -> RoutingTable:
       kwargs["split_fractions"] = tuple(float(f) for f in fractions)
   if name.startswith("jsonl:") and get("prices", ""):
     kwargs["prices"] = get("prices")
-  return load_table(name, featurizer=get("featurizer", "") or None,
+  featurizer = get("featurizer", "") or None
+  if get("question_pattern", ""):
+    import json  # pylint: disable=import-outside-toplevel
+    featurizer = (f"question({json.dumps(get('question_pattern'))}):"
+                  f"{featurizer or DEFAULT_TEXT_FEATURIZER}")
+  return load_table(name, featurizer=featurizer,
                     manual_dir=get("manual_dir", "") or None, seed=int(get("seed", 0)),
                     **kwargs)
 
