@@ -129,10 +129,18 @@ def group_ids_for(num_queries: int, group_size: int) -> jax.Array:
 
 
 def sample_routes(policy: policies.RouterPolicy, params, features: jax.Array,
-                  rng: jax.Array, group_size: int) -> policies.Routes:
-  """Samples G routes for each of B queries: features [B, D] -> Routes [B * G]."""
+                  rng: jax.Array, group_size: int,
+                  arm_mask: jax.Array | None = None) -> policies.Routes:
+  """Samples G routes for each of B queries: features [B, D] -> Routes [B * G].
+
+  `arm_mask [B, A]` (the table's `outcome_mask` rows): arms that were not run
+  on a query are never drawn for it (categorical policy).
+  """
   repeated = jnp.repeat(features, group_size, axis=0)
-  return policy.sample(params, repeated, rng)
+  if arm_mask is None:
+    return policy.sample(params, repeated, rng)
+  return policy.sample(params, repeated, rng,
+                       arm_mask=jnp.repeat(arm_mask, group_size, axis=0))
 
 
 def lookup_outcomes(table: DeviceTable, query_indices: jax.Array,
@@ -206,7 +214,8 @@ def sample_rollouts(policy: policies.RouterPolicy, params, table: DeviceTable,
     A `Rollout` of N = B * G rows.
   """
   features = table.features[query_indices]
-  routes = sample_routes(policy, params, features, rng, group_size)
+  routes = sample_routes(policy, params, features, rng, group_size,
+                         arm_mask=table.outcome_mask[query_indices])
   repeated_queries = jnp.repeat(query_indices, group_size)
   outcomes = lookup_outcomes(table, repeated_queries, routes.arm_indices)
   return assemble_rollout(routes, query_indices, features,
