@@ -24,3 +24,28 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", False)
+
+import pytest  # noqa: E402
+
+# Minutes-long end-to-end tests in other modules, marked `slow` here so the
+# README's test command stays short; CI runs them (`.ci/run`: `pytest -m slow`).
+# Chosen by measured duration (`pytest --durations=60`, see README "Set up").
+SLOW_TESTS = frozenset({
+    "tests/train_test.py::DataParallelTest::test_four_devices_match_one_device",
+    "tests/train_test.py::TrainEndToEndTest::test_token_router_learns_the_format",
+    "tests/train_test.py::TrainEndToEndTest::test_categorical_router_learns",
+    "tests/train_test.py::ExperimentMainTest::test_quick_config_through_main",
+    "tests/compare_test.py::test_compare_command",
+    "tests/rollout_test.py::RolloutTest::test_logged_environment_reproduces_the_in_jit_lookup",
+    "tests/reliability_test.py::test_sigkill_at_random_step_then_rerun_equals_uninterrupted_run",
+    "tests/reliability_test.py::"
+    "test_sigterm_checkpoints_the_current_step_and_rerun_equals_uninterrupted_run",
+})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.nodeid in SLOW_TESTS:
+      item.add_marker(pytest.mark.slow)
