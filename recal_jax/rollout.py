@@ -320,16 +320,21 @@ def collect_rollouts(policy: policies.RouterPolicy, params, table: DeviceTable,
     env: a `LiveEnvironment`.
 
   Returns:
-    A `Rollout`; with `env = LoggedEnvironment(table)` it equals
-    `sample_rollouts(...)` with the same arguments.
+    A `Rollout`; with `env = LoggedEnvironment(table)` and the default
+    `sample_fn` it equals `sample_rollouts(...)` with the same arguments: the
+    default draws only arms with a logged outcome (`table.outcome_mask`), as
+    `sample_rollouts` does. A `sample_fn` passed in takes (params, features,
+    rng) and draws from every arm (a live environment can run any arm).
   """
+  features = table.features[query_indices]
   if sample_fn is None:
-    sample_fn = jax.jit(lambda p, f, r: sample_routes(policy, p, f, r, group_size))
+    routes = jax.jit(lambda p, f, r, m: sample_routes(policy, p, f, r, group_size, arm_mask=m))(
+        params, features, rng, table.outcome_mask[query_indices])
+  else:
+    routes = sample_fn(params, features, rng)
   if assemble_fn is None:
     assemble_fn = jax.jit(lambda *args: assemble_rollout(
         *args, group_size=group_size, cost_scale=cost_scale))
-  features = table.features[query_indices]
-  routes = sample_fn(params, features, rng)
   host_queries, host_arms = jax.device_get(
       (jnp.repeat(query_indices, group_size), routes.arm_indices))
   outcomes = query_environment(env, host_queries, host_arms)

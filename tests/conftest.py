@@ -40,6 +40,10 @@ SLOW_TESTS = frozenset({
     "tests/reliability_test.py::test_sigkill_at_random_step_then_rerun_equals_uninterrupted_run",
     "tests/reliability_test.py::"
     "test_sigterm_checkpoints_the_current_step_and_rerun_equals_uninterrupted_run",
+    "tests/train_test.py::ResumeTest::test_live_environment_path_matches_fused_step",
+    "tests/real_data_test.py::test_routellm_counts_after_contamination_drop",
+    "tests/policies_test.py::TokenPolicyTest::"
+    "test_arm_log_probs_equal_teacher_forced_route_log_probs",
 })
 
 

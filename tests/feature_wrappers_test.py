@@ -112,6 +112,7 @@ def test_jsonl_config_reads_path_and_split_fractions(tmp_path):
   assert loaded.featurizer.startswith("hashing-v1")
 
 
+@pytest.mark.slow
 def test_plus_id_router_from_compare_loads_and_routes(tmp_path):
   """Issue 14 item 5: compare's '+id' routers load with Router.load and route texts."""
   from experiments import compare  # pylint: disable=import-outside-toplevel
