@@ -199,8 +199,11 @@ def method_overrides(config) -> dict:
       raise ConfigError(f"--config.method_overrides: invalid JSON ({e.msg})") from None
     if not isinstance(raw, dict):
       raise ConfigError("--config.method_overrides: must be a JSON object of ReCalConfig fields")
-  items = raw.items() if hasattr(raw, "items") else dict(raw).items()
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in items if v is not None}
+  def plain(value):  # nested fields (None: unset) -> plain values
+    if hasattr(value, "items"):
+      return {k: plain(v) for k, v in value.items() if v is not None} or None
+    return tuple(value) if isinstance(value, list) else value
+  return {k: plain(v) for k, v in raw.items() if plain(v) is not None}
 
 
 def validate_config(config, methods: Sequence[str] | None = None) -> None:
@@ -255,11 +258,8 @@ def check_method(config, method: str, flag: str = "--config.method") -> None:
     advantage.method_config(method, **overrides)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"--config.method_overrides: {one_line(e)}") from None
-  from recal_jax import rewards  # pylint: disable=import-outside-toplevel
-  weights = tuple(advantage.method_config(method, **overrides).component_weights)
-  if (len(weights) != rewards.NUM_COMPONENTS or not all(
-      isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
-      for w in weights)):
-    raise ConfigError(f"--config.method_overrides.component_weights={weights!r}: need "
-                      f"{rewards.NUM_COMPONENTS} finite numbers, one per component "
-                      f"{rewards.COMPONENTS}")
+  weights = advantage.method_config(method, **overrides).weight_vector()
+  if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+             for w in weights):
+    raise ConfigError(f"--config.method_overrides.component_weights: need finite numbers, "
+                      f"got {overrides.get('component_weights')!r}")

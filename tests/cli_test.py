@@ -51,9 +51,11 @@ TRAIN_CASES = [
     ([f"--config={QUICK}", "--config.method_overrides.componet_weights=(1,1,1)"],
      "'method_overrides' has no field 'componet_weights'; did you mean 'component_weights'?"),
     ([f"--config={QUICK}", "--config.method_overrides.variance_h=sdt"],
-     "--config.method_overrides.variance_h='sdt': variance_h must be one of"),
-    ([f"--config={QUICK}", "--config.method_overrides.component_weights=(1,1)"],
-     "--config.method_overrides.component_weights=(1, 1): need 3 finite numbers"),
+     "--config.method_overrides.variance_h='sdt': ReCalConfig.variance_h must be one of"),
+    ([f"--config={QUICK}", "--config.method_overrides.component_weights.cots=0.3"],
+     "'method_overrides.component_weights' has no field 'cots'; did you mean 'cost'?"),
+    ([f"--config={QUICK}", "--config.method_overrides.component_weights.cost=nan"],
+     "--config.method_overrides.component_weights: need finite numbers"),
     ([f"--config={QUICK}", "--config.method_overrides.eps=abc"],
      "--config.method_overrides.eps=abc: could not convert string to float"),
 ]
@@ -136,13 +138,13 @@ def test_method_overrides_nested_and_json_forms_agree():
   from recal_jax import train  # pylint: disable=import-outside-toplevel
   nested = quick.get_config()
   nested.method_overrides.variance_h = "std"
-  assert cli.method_overrides(nested) == {"component_weights": (1.0, 1.0, 0.2),
+  assert cli.method_overrides(nested) == {"component_weights": {"cost": 0.2},
                                           "variance_h": "std"}
   method = train.method_from_config(nested)
-  assert method.variance_h == "std" and method.component_weights == (1.0, 1.0, 0.2)
+  assert method.variance_h == "std" and method.weight_vector() == (1.0, 1.0, 0.2)
   old = quick.get_config().to_dict()
-  old["method_overrides"] = '{"component_weights": [1, 1, 0.3]}'
-  assert cli.method_overrides(old) == {"component_weights": (1, 1, 0.3)}
+  old["method_overrides"] = '{"component_weights": {"cost": 0.3}}'
+  assert cli.method_overrides(old) == {"component_weights": {"cost": 0.3}}
   old["method_overrides"] = "{component_weights"
   with pytest.raises(cli.ConfigError, match="--config.method_overrides: invalid JSON"):
     cli.method_overrides(old)

@@ -36,17 +36,24 @@ _PLACEHOLDER_TYPES = (bool, int, float, str, tuple)
 
 
 def method_overrides(**values) -> ml_collections.ConfigDict:
-  """One unset field per simple `advantage.ReCalConfig` field, then `values`.
+  """One unset field per `advantage.ReCalConfig` field, then `values`.
 
   Typed placeholders (None = keep the method's own value), so
   `--config.method_overrides.<field>=<value>` is parsed to the field's type
-  and a misspelt field is an error naming the flag.
+  and a misspelt field is an error naming the flag. Weights by component name
+  are nested: `component_weights.cost`, `sum_weights.correctness` (the routing
+  components `format`, `correctness`, `cost`).
   """
+  from recal_jax import recal_config  # pylint: disable=import-outside-toplevel
   overrides = ml_collections.ConfigDict()
   for field in dataclasses.fields(advantage.ReCalConfig):
-    kind = type(field.default)
-    if kind in _PLACEHOLDER_TYPES:
-      overrides[field.name] = config_dict.placeholder(kind)
+    if field.name in ("component_weights", "sum_weights"):
+      overrides[field.name] = ml_collections.ConfigDict(
+          {c: config_dict.placeholder(float) for c in recal_config.ROUTING_COMPONENTS})
+    elif field.name == "variance_component":
+      overrides[field.name] = config_dict.placeholder(str)
+    elif type(field.default) in _PLACEHOLDER_TYPES:
+      overrides[field.name] = config_dict.placeholder(type(field.default))
   for name, value in values.items():
     overrides[name] = value
   return overrides
@@ -88,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'recal_no_variance_weights', 'recal_no_dataset_norm'), and in
   # `method_overrides` one field per `ReCalConfig` field: unset (None) keeps
   # the method's value, e.g.
-  # --config.method_overrides.component_weights='(1, 1, 0.25)'
+  # --config.method_overrides.component_weights.cost=0.25  (weights by component name)
   # --config.method_overrides.variance_h=std
   config.method = "recal"
   config.method_overrides = method_overrides()
@@ -97,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   # standardisation, so its cost advantage is scale-free: the library default
   # 0.5 buys a router ~10x cheaper than the best single arm but less accurate;
   # 0.2 one that is more accurate than it at ~40% of its cost.
-  config.method_overrides.component_weights = (1.0, 1.0, 0.2)
+  config.method_overrides.component_weights.cost = 0.2  # format, correctness: 1
   # Cost reward = -cost_usd / cost_scale. With the per-call costs of the
   # synthetic table (up to ~1e-2 USD) this keeps the cost column in [-1, 0]
   # (it matters for the scalar-reward baselines: grpo, rloo, router_r1).
