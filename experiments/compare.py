@@ -29,7 +29,6 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -267,6 +266,14 @@ def main(argv):
   print(text)
 
 
+def checked_main(argv):
+  """`main` after the config and methods are checked: bad input is one line, exit 2."""
+  from experiments import cli  # pylint: disable=import-outside-toplevel
+  cli.validate_config(cli.load_config(), methods=FLAGS.methods)
+  return main(argv)
+
+
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  from experiments import cli  # pylint: disable=import-outside-toplevel
+  cli.run(checked_main)

@@ -4,15 +4,20 @@ r"""Route queries from a JSONL file with a trained router.
       [--budget=0.001 | --cost_weight=300] [--checkpoint=best] [--out=routes.jsonl]
 
 Each input line is a JSON object with `query` (text; featurised like the
-training data) or `features` (a list of D numbers), and optionally `query_id`.
+training data) or `features` (a list of D numbers), and optionally `query_id`
+and `dataset` (needed by routers trained with the dataset id, the `+id`
+routers of `experiments.compare`).
 Each output line (stdout, or --out) is the input's `query_id` (or its line
 number) with the chosen `model`, `strategy`, `arm`, `probability`,
 `predicted_score`, `expected_cost_usd` and, with --probabilities, every arm's
 probability. A short summary (arm counts, mean expected cost) goes to stderr.
 
 A line that cannot be read is reported on stderr with its line number and the
-others are still routed; the exit status is then 1. An empty file, a missing
-file or work dir, or a work dir without a checkpoint stop with an error.
+others are still routed; the exit status is then 1. Bad flags (`--checkpoint`
+not 'best' / 'latest' / a step, a negative or non-finite `--budget` or
+`--cost_weight`, both of them) are refused once, before the router loads; an
+empty file, a missing file or work dir, or a work dir without a checkpoint
+stop with one line too (exit status 2).
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import collections
 import json
 import sys
 
-from absl import app
+import math
+
 from absl import flags
+
+from experiments import cli
 
 
 def define_flags():
@@ -45,7 +53,8 @@ class QueryFileError(ValueError):
 
 
 def read_queries(path: str):
-  """-> (items [(line, query_id, text or None, features or None)], errors [(line, msg)])."""
+  """-> (items [(line, query_id, text or None, features or None, dataset or None)],
+  errors [(line, msg)])."""
   try:
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")
   except OSError as e:
@@ -74,7 +83,11 @@ def read_queries(path: str):
                                        all(isinstance(v, (int, float)) for v in features)):
         errors.append((line_number, "field 'features' must be a list of numbers"))
         continue
-      items.append((line_number, record.get("query_id", line_number), text, features))
+      dataset = record.get("dataset")
+      if dataset is not None and not isinstance(dataset, str):
+        errors.append((line_number, "field 'dataset' must be a string"))
+        continue
+      items.append((line_number, record.get("query_id", line_number), text, features, dataset))
   if not items and not errors:
     raise QueryFileError(f"query file {path} has no queries")
   return items, errors
@@ -91,8 +104,9 @@ def route_items(router, items, *, budget=None, cost_weight=None, probabilities=F
     for start in range(0, len(group), batch_size):
       chunk = group[start:start + batch_size]
       inputs = [it[2] if kind == "text" else it[3] for it in chunk]
+      datasets = [it[4] for it in chunk] if any(it[4] is not None for it in chunk) else None
       try:
-        result = router.route(inputs, budget=budget, cost_weight=cost_weight)
+        result = router.route(inputs, budget=budget, cost_weight=cost_weight, datasets=datasets)
       except ValueError as e:
         if len(chunk) == 1:
           errors.append((chunk[0][0], str(e)))
@@ -114,12 +128,31 @@ def route_items(router, items, *, budget=None, cost_weight=None, probabilities=F
   return records, errors
 
 
+def check_flags(checkpoint: str, budget, cost_weight, batch_size: int) -> str | int:
+  """Checks the routing flags once, before anything loads; -> the checkpoint to load."""
+  if budget is not None and cost_weight is not None:
+    raise cli.ConfigError("give --budget or --cost_weight, not both")
+  for name, value in (("budget", budget), ("cost_weight", cost_weight)):
+    if value is not None and not (math.isfinite(value) and value >= 0):
+      raise cli.ConfigError(f"--{name}={value}: must be a finite number >= 0"
+                            + (" (USD per query)" if name == "budget" else " (nats per USD)"))
+  if batch_size < 1:
+    raise cli.ConfigError(f"--batch_size={batch_size}: must be >= 1")
+  if checkpoint in ("best", "latest"):
+    return checkpoint
+  if checkpoint.isdigit():
+    return int(checkpoint)
+  raise cli.ConfigError(f"--checkpoint={checkpoint}: must be 'best', 'latest' or a step number")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise cli.ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  checkpoint = check_flags(FLAGS.checkpoint, FLAGS.budget, FLAGS.cost_weight, FLAGS.batch_size)
   from recal_jax import router as router_lib  # pylint: disable=import-outside-toplevel
   try:
     items, errors = read_queries(FLAGS.queries)
-    router = router_lib.Router.load(FLAGS.workdir, checkpoint=FLAGS.checkpoint)
+    router = router_lib.Router.load(FLAGS.workdir, checkpoint=checkpoint)
   except (QueryFileError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -146,4 +179,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -15,6 +15,11 @@ a checkpoint of the current step and exits with status 75
 it prints validation and test accuracy and cost of the trained router (best
 checkpoint on validation) next to the best single arm (chosen on train) and
 the per-query oracle.
+
+A mistake in the input (a config file or field that does not exist, an unknown
+method, a bad number, malformed data) stops it with one line on stderr and
+exit status 2; a crash prints one line and exits 1; `--verbosity=1` adds the
+traceback (`experiments/cli.py`).
 """
 
 import logging as std_logging
@@ -25,6 +30,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
 from recal_jax import evaluate
 from recal_jax import train
 
@@ -50,7 +56,8 @@ def main(argv):
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   if not FLAGS.verbose_checkpointing:
     logging.get_absl_handler().addFilter(_HideOrbaxInfo())
-  config = FLAGS.config
+  config = cli.load_config()
+  cli.validate_config(config)
   logging.info("Config:\n%s", config)
   try:
     final = train.train_and_evaluate(config, FLAGS.workdir)
@@ -65,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -5,10 +5,12 @@ A arms) and a routing decision `choices [Q] int` (the arm picked per query).
 
 Conventions (each is documented where it is used):
 
-* A chosen arm with no logged outcome (`outcome_mask[q, c] == False`) scores 0
-  and has format_ok 0; its cost is the mean logged cost of that arm on the
-  table (so skipping the log never makes a router look cheaper). Such
-  decisions are counted in `unlogged_choices`.
+* A chosen arm with no logged outcome (`outcome_mask[q, c] == False`, e.g. a
+  `null` score in a JSONL log: the arm was not run) scores 0; its cost is the
+  mean logged cost of that arm on the table (so skipping the log never makes
+  a router look cheaper). It is not a format failure: `format_ok_rate` is
+  over the logged choices only. Such decisions are counted in
+  `unlogged_choices`.
 * Macro averages are plain means over the datasets present in the table (at
   least one query), so every dataset weighs the same whatever its size.
 * Cost-quality curves are lists of `(cost, accuracy)` points. Summaries (AUC,
@@ -80,12 +82,14 @@ def route_metrics(table: RoutingTable, choices) -> dict:
 
     accuracy       = (1/Q) sum_q s_q
     cost           = (1/Q) sum_q k_q            (mean USD per query)
-    format_ok_rate = (1/Q) sum_q format_ok[q, c_q]
+    format_ok_rate = mean of format_ok[q, c_q] over the queries whose chosen
+                     arm is logged (1 when none is)
     macro_accuracy = (1/|D|) sum_{d present} mean_{q in d} s_q
     macro_cost     = (1/|D|) sum_{d present} mean_{q in d} k_q
 
-  A chosen arm with no logged outcome counts as score 0 and format_ok 0, and
-  costs the arm's mean logged cost on this table; the number of such queries
+  A chosen arm with no logged outcome counts as score 0, is left out of
+  `format_ok_rate` (not run is not a format failure), and costs the arm's
+  mean logged cost on this table; the number of such queries
   is returned as `unlogged_choices` (0 for a router that only picks logged
   arms).
 
@@ -124,7 +128,7 @@ def route_metrics(table: RoutingTable, choices) -> dict:
       "cost": float(cost.mean()),
       "macro_accuracy": float(np.mean([v["accuracy"] for v in per_dataset.values()])),
       "macro_cost": float(np.mean([v["cost"] for v in per_dataset.values()])),
-      "format_ok_rate": float(format_ok.mean()),
+      "format_ok_rate": float(format_ok[logged].mean()) if logged.any() else 1.0,
       "unlogged_choices": int((~logged).sum()),
       "per_dataset": per_dataset,
       "arm_distribution": {name: float(n) / table.num_queries

@@ -28,8 +28,11 @@ Shapes: B queries, D features, A arms, T = `route_length` tokens, V vocabulary.
 dict):
 
   init(rng, feature_dim)                       -> params
-  sample(params, features [B, D], rng)         -> Routes (one route per row)
-  greedy(params, features [B, D])              -> Routes (argmax each token)
+  sample(params, features [B, D], rng[, arm_mask [B, A]])
+                                               -> Routes (one route per row; the
+                                                  categorical policy draws only
+                                                  arms whose mask is True)
+  greedy(params, features [B, D][, arm_mask])  -> Routes (argmax each token)
   log_probs_and_entropy(params, features [B, D], tokens [B, T])
                                                -> (log_probs [B, T], entropy [B, T])
   parse_routes(tokens [..., T])                -> arm indices [...] (-1 malformed)
@@ -77,10 +80,12 @@ class RouterPolicy(Protocol):
   def init(self, rng: jax.Array, feature_dim: int) -> Params:
     ...
 
-  def sample(self, params: Params, features: jax.Array, rng: jax.Array) -> Routes:
+  def sample(self, params: Params, features: jax.Array, rng: jax.Array,
+             arm_mask: jax.Array | None = None) -> Routes:
     ...
 
-  def greedy(self, params: Params, features: jax.Array) -> Routes:
+  def greedy(self, params: Params, features: jax.Array,
+             arm_mask: jax.Array | None = None) -> Routes:
     ...
 
   def log_probs_and_entropy(self, params: Params, features: jax.Array,
@@ -168,13 +173,19 @@ class CategoricalPolicy:
                   log_probs=log_probs,
                   token_mask=jnp.ones_like(log_probs, dtype=bool))
 
-  def sample(self, params: Params, features: jax.Array, rng: jax.Array) -> Routes:
+  def sample(self, params: Params, features: jax.Array, rng: jax.Array,
+             arm_mask: jax.Array | None = None) -> Routes:
+    """`arm_mask [B, A]`: only True arms are drawn (`available_logits`); the
+    recorded log-probs are the unmasked policy's, as `log_probs_and_entropy`
+    computes them, so the first PPO ratio is exactly 1."""
     logits = self.logits(params, features)
-    return self._routes(logits, jax.random.categorical(rng, logits, axis=-1))
+    return self._routes(logits, jax.random.categorical(
+        rng, available_logits(logits, arm_mask), axis=-1))
 
-  def greedy(self, params: Params, features: jax.Array) -> Routes:
+  def greedy(self, params: Params, features: jax.Array,
+             arm_mask: jax.Array | None = None) -> Routes:
     logits = self.logits(params, features)
-    return self._routes(logits, jnp.argmax(logits, axis=-1))
+    return self._routes(logits, jnp.argmax(available_logits(logits, arm_mask), axis=-1))
 
   def log_probs_and_entropy(self, params: Params, features: jax.Array,
                             tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -194,6 +205,16 @@ class CategoricalPolicy:
   def action_distribution(self, params: Params, features: jax.Array) -> jax.Array:
     """[B, D] -> [B, A] probabilities (rows sum to 1)."""
     return jax.nn.softmax(self.logits(params, features), axis=-1)
+
+
+def available_logits(logits: jax.Array, arm_mask: jax.Array | None) -> jax.Array:
+  """logits [B, A] with -inf where `arm_mask` [B, A] is False (the arm was not run
+  on that query); a row with no True entry is left as it is."""
+  if arm_mask is None:
+    return logits
+  arm_mask = jnp.asarray(arm_mask, bool)
+  arm_mask = arm_mask | ~jnp.any(arm_mask, axis=-1, keepdims=True)
+  return jnp.where(arm_mask, logits, -jnp.inf)
 
 
 def add_arms(params: Params, num_new_arms: int, rng: jax.Array,
@@ -415,12 +436,19 @@ class TokenPolicy:
     return Routes(tokens=tokens, arm_indices=self.parse_routes(tokens),
                   log_probs=log_probs, token_mask=self.token_mask(tokens))
 
-  def sample(self, params: Params, features: jax.Array, rng: jax.Array) -> Routes:
+  def sample(self, params: Params, features: jax.Array, rng: jax.Array,
+             arm_mask: jax.Array | None = None) -> Routes:
+    """`arm_mask` is not applied: the route is written token by token and can
+    name any arm (or none); a sampled arm with no outcome is masked out of the
+    advantage and the loss (`rollout.lookup_outcomes`)."""
+    del arm_mask
     tokens, log_probs = self.network.apply(
         params, features, rng, method=TokenRouterNetwork.decode)
     return self._routes(tokens, log_probs)
 
-  def greedy(self, params: Params, features: jax.Array) -> Routes:
+  def greedy(self, params: Params, features: jax.Array,
+             arm_mask: jax.Array | None = None) -> Routes:
+    del arm_mask  # see `sample`
     tokens, log_probs = self.network.apply(
         params, features, None, method=TokenRouterNetwork.decode)
     return self._routes(tokens, log_probs)

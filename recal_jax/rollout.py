@@ -129,10 +129,18 @@ def group_ids_for(num_queries: int, group_size: int) -> jax.Array:
 
 
 def sample_routes(policy: policies.RouterPolicy, params, features: jax.Array,
-                  rng: jax.Array, group_size: int) -> policies.Routes:
-  """Samples G routes for each of B queries: features [B, D] -> Routes [B * G]."""
+                  rng: jax.Array, group_size: int,
+                  arm_mask: jax.Array | None = None) -> policies.Routes:
+  """Samples G routes for each of B queries: features [B, D] -> Routes [B * G].
+
+  `arm_mask [B, A]` (the table's `outcome_mask` rows): arms that were not run
+  on a query are never drawn for it (categorical policy).
+  """
   repeated = jnp.repeat(features, group_size, axis=0)
-  return policy.sample(params, repeated, rng)
+  if arm_mask is None:
+    return policy.sample(params, repeated, rng)
+  return policy.sample(params, repeated, rng,
+                       arm_mask=jnp.repeat(arm_mask, group_size, axis=0))
 
 
 def lookup_outcomes(table: DeviceTable, query_indices: jax.Array,
@@ -206,7 +214,8 @@ def sample_rollouts(policy: policies.RouterPolicy, params, table: DeviceTable,
     A `Rollout` of N = B * G rows.
   """
   features = table.features[query_indices]
-  routes = sample_routes(policy, params, features, rng, group_size)
+  routes = sample_routes(policy, params, features, rng, group_size,
+                         arm_mask=table.outcome_mask[query_indices])
   repeated_queries = jnp.repeat(query_indices, group_size)
   outcomes = lookup_outcomes(table, repeated_queries, routes.arm_indices)
   return assemble_rollout(routes, query_indices, features,
@@ -311,16 +320,21 @@ def collect_rollouts(policy: policies.RouterPolicy, params, table: DeviceTable,
     env: a `LiveEnvironment`.
 
   Returns:
-    A `Rollout`; with `env = LoggedEnvironment(table)` it equals
-    `sample_rollouts(...)` with the same arguments.
+    A `Rollout`; with `env = LoggedEnvironment(table)` and the default
+    `sample_fn` it equals `sample_rollouts(...)` with the same arguments: the
+    default draws only arms with a logged outcome (`table.outcome_mask`), as
+    `sample_rollouts` does. A `sample_fn` passed in takes (params, features,
+    rng) and draws from every arm (a live environment can run any arm).
   """
+  features = table.features[query_indices]
   if sample_fn is None:
-    sample_fn = jax.jit(lambda p, f, r: sample_routes(policy, p, f, r, group_size))
+    routes = jax.jit(lambda p, f, r, m: sample_routes(policy, p, f, r, group_size, arm_mask=m))(
+        params, features, rng, table.outcome_mask[query_indices])
+  else:
+    routes = sample_fn(params, features, rng)
   if assemble_fn is None:
     assemble_fn = jax.jit(lambda *args: assemble_rollout(
         *args, group_size=group_size, cost_scale=cost_scale))
-  features = table.features[query_indices]
-  routes = sample_fn(params, features, rng)
   host_queries, host_arms = jax.device_get(
       (jnp.repeat(query_indices, group_size), routes.arm_indices))
   outcomes = query_environment(env, host_queries, host_arms)

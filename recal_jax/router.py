@@ -172,7 +172,8 @@ class Router:
     text_featurizer = None
     if recorded not in ("none", "synthetic-latent"):
       from recal_jax.data import features as features_lib  # pylint: disable=import-outside-toplevel
-      text_featurizer = features_lib.make_featurizer(recorded)
+      text_featurizer = features_lib.make_featurizer(
+          recorded, dataset_names=description["datasets"])  # for '...+dataset_id' routers
     return cls(policy, state.params, outcome, description, config,
                featurizer=text_featurizer, step=step)
 
@@ -199,8 +200,12 @@ class Router:
     return step, False
 
   # ------------------------------------------------------------ routing
-  def featurize(self, texts_or_features) -> np.ndarray:
-    """Texts (featurised like the training data) or features [Q, D] -> [Q, D]."""
+  def featurize(self, texts_or_features, datasets=None) -> np.ndarray:
+    """Texts (featurised like the training data) or features [Q, D] -> [Q, D].
+
+    `datasets`: each text's dataset name, for routers trained with the dataset
+    id among their features (featurizer '...+dataset_id').
+    """
     if isinstance(texts_or_features, str):
       texts_or_features = [texts_or_features]
     if len(texts_or_features) and isinstance(texts_or_features[0], str):
@@ -208,6 +213,9 @@ class Router:
         raise ValueError(
             f"this router was trained on features {self.description.get('featurizer')!r} "
             "that cannot be computed from text: pass features [Q, D] instead")
+      if getattr(self.featurizer, "needs_datasets", False):
+        return np.asarray(self.featurizer(list(texts_or_features), datasets=datasets),
+                          np.float32)
       return np.asarray(self.featurizer(list(texts_or_features)), np.float32)
     features = np.asarray(texts_or_features, np.float32)
     if features.ndim != 2 or features.shape[1] != self.feature_dim:
@@ -218,7 +226,7 @@ class Router:
     return features
 
   def route(self, texts_or_features, cost_weight: Optional[float] = None,
-            budget: Optional[float] = None) -> RouteResult:
+            budget: Optional[float] = None, datasets=None) -> RouteResult:
     """Routes a batch of queries (see the module docstring for the rules)."""
     if cost_weight is not None and budget is not None:
       raise ValueError("give cost_weight or budget, not both")
@@ -226,7 +234,7 @@ class Router:
       raise ValueError(f"cost_weight must be a finite number >= 0, got {cost_weight}")
     if budget is not None and not (np.isfinite(budget) and budget >= 0):
       raise ValueError(f"budget must be a finite number >= 0 (USD per query), got {budget}")
-    features = self.featurize(texts_or_features)
+    features = self.featurize(texts_or_features, datasets)
     if features.shape[0] == 0:
       raise ValueError("no queries to route")
     grid = COST_WEIGHT_GRID if cost_weight is None else np.asarray([cost_weight], np.float32)

@@ -166,20 +166,18 @@ class TrainState(flax.struct.PyTreeNode):
 def load_data(config: ml_collections.ConfigDict) -> table_lib.RoutingTable:
   """The routing table named by `config.data`."""
   from recal_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  data = config.data
-  kwargs = {}
-  if data.name == "synthetic":
-    kwargs = dict(num_queries=int(data.num_queries), feature_dim=int(data.feature_dim))
-  return data_lib.load_table(
-      data.name, featurizer=data.featurizer or None,
-      manual_dir=data.manual_dir or None, seed=int(data.seed), **kwargs)
+  return data_lib.load_table_from_config(config.data)
 
 
 def method_from_config(config: ml_collections.ConfigDict) -> advantage.ReCalConfig:
   """`method_config(config.method)` with `config.method_overrides` (JSON) applied."""
   overrides = config.get("method_overrides", "") or "{}"
   overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  def plain(value):  # nested config fields (None: left unset) -> plain values
+    if hasattr(value, "items"):
+      return {k: plain(v) for k, v in value.items() if v is not None} or None
+    return tuple(value) if isinstance(value, list) else value
+  overrides = {k: plain(v) for k, v in overrides.items() if plain(v) is not None}
   # Weights are by component name: a JSON object, e.g. {"cost": 0.2}.
   return advantage.method_config(config.method, **overrides)
 

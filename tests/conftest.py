@@ -1,10 +1,20 @@
-"""Test setup: four fake CPU devices, set before JAX is first imported.
+"""Test setup: four fake CPU devices, set before JAX is first imported; scratch dirs.
 
 Multi-device code (sharded batches, `shard_map`, `pmap`) is tested on these
 devices; see WORKSPACE.md for why each multi-device step is blocked on before
 the next is dispatched.
 """
+import atexit
 import os
+import shutil
+import tempfile
+
+# Nothing a test builds goes to ~/.cache (the TFDS build cache's default) or
+# stays behind: one scratch directory per test process, removed at exit.
+_SCRATCH = tempfile.mkdtemp(prefix="recal-tests-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["RECAL_TFDS_DIR"] = os.path.join(_SCRATCH, "tfds")
+os.environ["TFDS_DATA_DIR"] = os.path.join(_SCRATCH, "tensorflow_datasets")
 
 _FLAG = "--xla_force_host_platform_device_count=4"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -14,3 +24,32 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", False)
+
+import pytest  # noqa: E402
+
+# Minutes-long end-to-end tests in other modules, marked `slow` here so the
+# README's test command stays short; CI runs them (`.ci/run`: `pytest -m slow`).
+# Chosen by measured duration (`pytest --durations=60`, see README "Set up").
+SLOW_TESTS = frozenset({
+    "tests/train_test.py::DataParallelTest::test_four_devices_match_one_device",
+    "tests/train_test.py::TrainEndToEndTest::test_token_router_learns_the_format",
+    "tests/train_test.py::TrainEndToEndTest::test_categorical_router_learns",
+    "tests/train_test.py::ExperimentMainTest::test_quick_config_through_main",
+    "tests/compare_test.py::test_compare_command",
+    "tests/rollout_test.py::RolloutTest::test_logged_environment_reproduces_the_in_jit_lookup",
+    "tests/reliability_test.py::test_sigkill_at_random_step_then_rerun_equals_uninterrupted_run",
+    "tests/reliability_test.py::"
+    "test_sigterm_checkpoints_the_current_step_and_rerun_equals_uninterrupted_run",
+    "tests/train_test.py::ResumeTest::test_live_environment_path_matches_fused_step",
+    "tests/real_data_test.py::test_routellm_counts_after_contamination_drop",
+    "tests/policies_test.py::TokenPolicyTest::"
+    "test_arm_log_probs_equal_teacher_forced_route_log_probs",
+})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.nodeid in SLOW_TESTS:
+      item.add_marker(pytest.mark.slow)

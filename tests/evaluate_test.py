@@ -78,11 +78,12 @@ class TestRouteMetrics:
   def test_unlogged_choice_scores_zero(self):
     mask = np.array([[1, 1], [1, 1], [0, 1]], bool)
     m = evaluate.route_metrics(hand_table(mask), [0, 0, 0])
-    # q2 picks the unlogged arm 0: score 0, format 0, cost = arm 0's mean
-    # logged cost (1 + 1) / 2 = 1.  accuracy (1 + 0 + 0) / 3.
+    # q2 picks the unlogged arm 0: score 0, cost = arm 0's mean logged cost
+    # (1 + 1) / 2 = 1, and no format failure (the arm was not run): the format
+    # rate is over the logged choices q0 (1) and q1 (0).  accuracy (1 + 0 + 0) / 3.
     assert m["unlogged_choices"] == 1
     assert m["accuracy"] == pytest.approx(1 / 3)
-    assert m["format_ok_rate"] == pytest.approx(1 / 3)
+    assert m["format_ok_rate"] == pytest.approx(1 / 2)
     assert m["cost"] == pytest.approx(1.0)
 
   def test_integral_floats_accepted(self):

@@ -84,7 +84,11 @@ class RolloutTest(absltest.TestCase):
 
   def test_masked_and_malformed_rows_occur(self):
     _, categorical = self._sample(self.categorical)
-    self.assertFalse(bool(categorical.mask.all()))  # hits an unlogged arm
+    # The categorical policy never draws an arm with no logged outcome (a hole in
+    # the log, issue 13 item 8): every rollout counts. The token router can.
+    self.assertTrue(bool(categorical.mask.all()))
+    rows = np.asarray(categorical.query_indices)
+    self.assertTrue(self.table.outcome_mask[rows, np.asarray(categorical.arm_indices)].all())
     _, token = self._sample(self.token)
     malformed = np.asarray(token.arm_indices) < 0
     self.assertTrue(malformed.any())

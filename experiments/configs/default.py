@@ -25,7 +25,38 @@ advantages of groups that are all right or all wrong magnify tiny cost
 differences, which is what ReCal's gating and variance weights prevent.
 """
 
+import dataclasses
+
 import ml_collections
+from ml_collections import config_dict
+
+from recal_jax import advantage
+
+_PLACEHOLDER_TYPES = (bool, int, float, str, tuple)
+
+
+def method_overrides(**values) -> ml_collections.ConfigDict:
+  """One unset field per `advantage.ReCalConfig` field, then `values`.
+
+  Typed placeholders (None = keep the method's own value), so
+  `--config.method_overrides.<field>=<value>` is parsed to the field's type
+  and a misspelt field is an error naming the flag. Weights by component name
+  are nested: `component_weights.cost`, `sum_weights.correctness` (the routing
+  components `format`, `correctness`, `cost`).
+  """
+  from recal_jax import recal_config  # pylint: disable=import-outside-toplevel
+  overrides = ml_collections.ConfigDict()
+  for field in dataclasses.fields(advantage.ReCalConfig):
+    if field.name in ("component_weights", "sum_weights"):
+      overrides[field.name] = ml_collections.ConfigDict(
+          {c: config_dict.placeholder(float) for c in recal_config.ROUTING_COMPONENTS})
+    elif field.name == "variance_component":
+      overrides[field.name] = config_dict.placeholder(str)
+    elif type(field.default) in _PLACEHOLDER_TYPES:
+      overrides[field.name] = config_dict.placeholder(type(field.default))
+  for name, value in values.items():
+    overrides[name] = value
+  return overrides
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,33 +67,44 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: load_table(name, featurizer=..., manual_dir=..., seed=...).
   config.data = ml_collections.ConfigDict()
   config.data.name = "synthetic"  # 'synthetic' | 'jsonl:<path>' | 'routeprofile' | 'llmrouter_seven'
-  config.data.featurizer = ""  # '' = the table's own features (synthetic: latent; else 'hashing')
+  # Query features: 'hashing' (signed hashing of word n-grams of the query
+  # text, no model) lets the trained router route new text
+  # (`Router.route(["What is 17 * 23?"])`). '' = the table's own features
+  # (synthetic: the latent 'synthetic-latent', which no text can reproduce;
+  # other tables: 'hashing'); 'minilm' = MiniLM sentence embeddings.
+  config.data.featurizer = "hashing"
   config.data.manual_dir = ""  # real data: directory of the downloaded logs ('' = default)
   config.data.seed = 0  # draws the synthetic table; seeds splits without a given one
   config.data.num_queries = 4000  # synthetic only
-  config.data.feature_dim = 32  # synthetic only
+  config.data.feature_dim = 32  # synthetic only, with featurizer '' (latent features)
+  # (train, validation, test) fractions for queries without a given split
+  # (synthetic, JSONL; the real logs are always re-split 70 / 10 / 20).
+  config.data.split_fractions = (0.7, 0.1, 0.2)
 
   # Policy: 'categorical' (one decision over the arms) or 'token' (writes
   # '<strategy> <model> <eos>' over the full vocabulary; can be malformed).
   config.policy = ml_collections.ConfigDict()
   config.policy.kind = "categorical"
-  config.policy.hidden_dims = (128, 128)
+  config.policy.hidden_dims = (128,)
   config.policy.embedding_dim = 64  # categorical: query / arm embedding size
   config.policy.state_dim = 128  # token: GRU state size
   config.policy.token_embedding_dim = 32  # token: token embedding size
 
   # Method: a name of `recal_jax.advantage.METHODS` ('recal', 'grpo',
   # 'dr_grpo', 'rloo', 'gdpo', 'router_r1', 'recal_no_hierarchy',
-  # 'recal_no_variance_weights', 'recal_no_dataset_norm') plus field
-  # overrides of its `ReCalConfig` as JSON, e.g.
-  # --config.method_overrides='{"component_weights": {"cost": 0.25}}'.
+  # 'recal_no_variance_weights', 'recal_no_dataset_norm'), and in
+  # `method_overrides` one field per `ReCalConfig` field: unset (None) keeps
+  # the method's value, e.g.
+  # --config.method_overrides.component_weights.cost=0.25  (weights by component name)
+  # --config.method_overrides.variance_h=std
   config.method = "recal"
+  config.method_overrides = method_overrides()
   # Component weights (format, correctness, cost) set the accuracy / cost
   # trade-off. ReCal compares cost among correct rollouts after per-dataset
   # standardisation, so its cost advantage is scale-free: the library default
   # 0.5 buys a router ~10x cheaper than the best single arm but less accurate;
   # 0.2 one that is more accurate than it at ~40% of its cost.
-  config.method_overrides = '{"component_weights": {"format": 1.0, "correctness": 1.0, "cost": 0.2}}'
+  config.method_overrides.component_weights.cost = 0.2  # format, correctness: 1
   # Cost reward = -cost_usd / cost_scale. With the per-call costs of the
   # synthetic table (up to ~1e-2 USD) this keeps the cost column in [-1, 0]
   # (it matters for the scalar-reward baselines: grpo, rloo, router_r1).
@@ -86,11 +128,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.kl_estimator = "k3"
   # An entropy bonus keeps groups diverse: without it the policy collapses
   # onto few arms within ~100 steps and groups lose their reward spread.
-  config.loss.entropy_coef = 0.05
+  # Sparse hashed text features need the larger bonus and the smaller
+  # learning rate below: with 0.05 / 3e-3 the quick run sits on the most
+  # expensive arm (frontier-xl|cot) from step 50 to its end.
+  config.loss.entropy_coef = 0.1
   config.num_updates_per_batch = 1  # >1: PPO-style reuse of each rollout batch
 
   # Optimiser: clip_by_global_norm, then AdamW.
-  config.learning_rate = 3e-3
+  config.learning_rate = 1e-3
   config.lr_schedule = "constant"  # 'constant' | 'cosine'
   config.warmup_steps = 10
   config.max_grad_norm = 1.0

@@ -23,8 +23,46 @@ from recal_jax.data.table import RoutingTable
 REAL_DATASETS = ("routeprofile", "llmrouter_seven", "routellm")
 DEFAULT_TEXT_FEATURIZER = "hashing"
 
-__all__ = ["RoutingTable", "RoutingDataError", "load_table", "make_synthetic",
-           "make_featurizer", "featurize", "REAL_DATASETS"]
+__all__ = ["RoutingTable", "RoutingDataError", "load_table", "load_table_from_config",
+           "make_synthetic", "make_featurizer", "featurize", "REAL_DATASETS"]
+
+
+def load_table_from_config(data) -> RoutingTable:
+  """`load_table` with the arguments of a `config.data` block (ConfigDict or dict).
+
+  Fields (absent ones take `load_table`'s defaults): `name` ('jsonl' reads
+  `path`; 'jsonl:<path>' works too), `featurizer`
+  ('' = None), `manual_dir` ('' = default), `seed`; synthetic only:
+  `num_queries`, `feature_dim`; synthetic and JSONL: `split_fractions`
+  (train, validation, test) for queries without a given split; JSONL only:
+  `prices` ('' or a JSON file of USD / 1M token prices per model);
+  `question_pattern` (a regex; group 1 is the part of each text featurised,
+  `feature_wrappers.QuestionFeaturizer`).
+  """
+  get = data.get
+  name = str(get("name", "synthetic"))
+  if name == "jsonl":
+    if not get("path", ""):
+      raise ValueError("config.data.name='jsonl' needs the log's path: --config.data.path=PATH")
+    name = "jsonl:" + str(get("path"))
+  kwargs = {}
+  if name == "synthetic":
+    kwargs.update(num_queries=int(get("num_queries", 4000)),
+                  feature_dim=int(get("feature_dim", 32)))
+  if name == "synthetic" or name.startswith("jsonl:"):
+    fractions = get("split_fractions", None)
+    if fractions is not None:
+      kwargs["split_fractions"] = tuple(float(f) for f in fractions)
+  if name.startswith("jsonl:") and get("prices", ""):
+    kwargs["prices"] = get("prices")
+  featurizer = get("featurizer", "") or None
+  if get("question_pattern", ""):
+    import json  # pylint: disable=import-outside-toplevel
+    featurizer = (f"question({json.dumps(get('question_pattern'))}):"
+                  f"{featurizer or DEFAULT_TEXT_FEATURIZER}")
+  return load_table(name, featurizer=featurizer,
+                    manual_dir=get("manual_dir", "") or None, seed=int(get("seed", 0)),
+                    **kwargs)
 
 
 def load_table(name: str, *, featurizer: str | None = None, manual_dir=None,

@@ -31,6 +31,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import warnings
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -184,7 +185,8 @@ def make_featurizer(identity_or_name: str, **kwargs) -> Featurizer:
       their defaults), or a name starting with `'minilm'` (lazily imports
       `recal_jax.data.minilm`). `'synthetic-latent'` raises: those features
       only come with the synthetic table.
-    **kwargs: constructor arguments; for hashing they override the values in
+    **kwargs: `dataset_names=` for a `'...+dataset_id'` identity
+      (`feature_wrappers`); constructor arguments otherwise: for hashing they override the values in
       the identity string (`dim`, `ngrams`, `chars`, `seed`), for MiniLM they
       go to `MiniLMFeaturizer(cache_dir=..., batch_size=...)`.
 
@@ -196,6 +198,11 @@ def make_featurizer(identity_or_name: str, **kwargs) -> Featurizer:
     ValueError: unknown name, malformed identity, or 'synthetic-latent'.
   """
   name = identity_or_name.strip()
+  dataset_names = kwargs.pop("dataset_names", None)  # for '...+dataset_id'
+  from recal_jax.data import feature_wrappers  # pylint: disable=import-outside-toplevel
+  if (name.endswith(feature_wrappers.DATASET_ID_SUFFIX)
+      or name.startswith(feature_wrappers.QUESTION_PREFIX)):
+    return feature_wrappers.build(name, dataset_names=dataset_names, **kwargs)
   if name == "synthetic-latent":
     raise ValueError(
         "featurizer 'synthetic-latent' cannot be rebuilt: those features are drawn "
@@ -254,9 +261,21 @@ def _parse_hashing_identity(name: str) -> dict:
 def featurize(table: table_lib.RoutingTable,
               featurizer: Featurizer | str) -> table_lib.RoutingTable:
   """`table` with `features = featurizer(table.texts)` and its identity recorded."""
+  from recal_jax.data import feature_wrappers  # pylint: disable=import-outside-toplevel
   if isinstance(featurizer, str):
-    featurizer = make_featurizer(featurizer)
-  features = featurizer(list(table.texts))
+    featurizer = make_featurizer(featurizer, dataset_names=table.dataset_names)
+  if getattr(featurizer, "needs_datasets", False):
+    features = featurizer(list(table.texts),
+                          datasets=[table.dataset_names[d] for d in table.dataset_ids])
+  else:
+    features = featurizer(list(table.texts))
+  same = feature_wrappers.duplicate_feature_rows(features, table.texts)
+  if same:
+    warnings.warn(
+        f"{table.name}: {same} of {table.num_queries} queries share their features with a "
+        f"query of another text (featurizer {featurizer.name}): a prompt prefix longer than "
+        "the featurizer's maximum length? Keep only the question with "
+        "config.data.question_pattern (WORKSPACE.md, 'Your own logs: JSONL')", stacklevel=2)
   return table.with_features(features, featurizer.name)
 
 

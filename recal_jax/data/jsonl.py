@@ -34,7 +34,8 @@ without `"strategy"`) means strategy `"direct"`.
 Outcome fields:
 
   score              required, number in [0, 1] (exact match 0/1, or a graded
-                     score such as a unit-test pass rate)
+                     score such as a unit-test pass rate), or null: the arm
+                     was not run on this query
   format_ok          optional bool (or 0/1), default true: the answer parsed
   cost_usd           number >= 0, the USD cost of the call. If absent, the cost
                      is estimated as prompt_tokens * input / 1e6 +
@@ -49,10 +50,13 @@ Outcome fields:
 Other keys are errors (a misspelt optional field would otherwise be silently
 ignored).
 
-Missing outcomes: an arm that was not run on a query is simply absent from its
-`outcomes`; the table marks it `outcome_mask[q, a] = False` (score, format_ok,
-cost and tokens are 0 there and must be ignored by consumers). A query with no
-outcome at all is an error.
+Missing outcomes: an arm that was not run on a query is absent from its
+`outcomes`, or given as `null`, or with `"score": null` (no other field then);
+the table marks it `outcome_mask[q, a] = False` (score, format_ok, cost and
+tokens are 0 there and must be ignored by consumers: training never samples
+such an arm for that query, evaluation counts a router's choice of one in
+`unlogged_choices`, not as a format failure). A query with no outcome at all
+is an error.
 
 Splits: if every query has a `split`, those are used. Queries without one get
 a split from `stratified_split` (by dataset, with `seed`), except that a query
@@ -288,16 +292,22 @@ def load_jsonl(path: str | os.PathLike, *, arms: Sequence[str] | None = None,
                           f"got {split!r}")
       split = table_lib.SPLIT_NAMES.index(split)
 
+    run_arms = 0
     for field, arm, outcome in _outcome_items(where, obj["outcomes"]):
       if arm not in arm_index:
         if fixed_arms:
           raise where.error(field, f"unknown arm '{arm[0]}|{arm[1]}' (known: "
                             f"{['|'.join(a) for a in arm_list]})")
         arm_index[arm] = len(arm_index)
+      if _not_run(where, field, outcome):
+        continue  # a hole in the log: outcome_mask stays False
       score, format_ok, cost, tokens, estimated = _parse_outcome(
           where, field, arm[0], outcome, price_of)
       cost_is_estimated |= estimated
       entries.append((row, arm_index[arm], score, format_ok, cost, tokens))
+      run_arms += 1
+    if not run_arms:
+      raise where.error("outcomes", "every arm's score is null: the query has no outcome")
     query_ids.append(query_id)
     texts.append(text)
     dataset_ids.append(dataset_index[dataset])
@@ -403,6 +413,19 @@ def _outcome_items(where: _Where, outcomes: Any):
       raise where.error(field, f"arm '{arm[0]}|{arm[1]}' appears twice in this query")
     seen.add(arm)
   return items
+
+
+def _not_run(where: _Where, field: str, outcome: Any) -> bool:
+  """True for `null` or `{"score": null}`: the arm was not run on this query."""
+  if outcome is None:
+    return True
+  if isinstance(outcome, Mapping) and "score" in outcome and outcome["score"] is None:
+    given = sorted(k for k, v in outcome.items() if v is not None and k != "meta")
+    if given:
+      raise where.error(f"{field}.{given[0]}", "given for an arm whose score is null "
+                        "(null means the arm was not run on this query)")
+    return True
+  return False
 
 
 def _parse_outcome(where: _Where, field: str, model: str, outcome: Any,

@@ -18,10 +18,13 @@ import dataclasses
 import os
 from typing import Callable, ClassVar
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from recal_jax.data.table import RoutingDataError, RoutingTable, SPLIT_NAMES
+
+DEFAULT_FILE_FORMAT = "array_record"
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Nothing is downloaded. The manual dir is the read-only `routing_data` folder
@@ -65,6 +68,20 @@ class RoutingLogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   HOMEPAGE: ClassVar[str] = ""
   DESCRIPTION: ClassVar[str] = ""
   PARSER: ClassVar[Callable[..., RoutingTable]]
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # ArrayRecord by default: TFRecord (TFDS's default) cannot be read back
+    # without TensorFlow, so the plain `tfds.builder(name).download_and_prepare()`
+    # then `.as_data_source()` works only with this default.
+    super().__init__(file_format=file_format or DEFAULT_FILE_FORMAT, **kwargs)
+
+  def _log_download_bytes(self) -> None:
+    # TFDS prints "Downloading and preparing dataset Unknown size ..."; nothing
+    # is downloaded here (the logs are read from the manual dir).
+    logging.info("Preparing %s from the manual dir into %s", self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Prepared %s in %s", self.name, self.data_dir)
 
   def _info(self) -> tfds.core.DatasetInfo:
     num_arms = len(self.MODELS)
