@@ -201,3 +201,48 @@ def test_dataset_names_map_to_ids():
   pending = recal._pending[id(info["rewards"])]  # pylint: disable=protected-access
   np.testing.assert_array_equal(pending.dataset_ids, np.repeat([1, 0], G))
   assert isinstance(recal.dataset_state, calibration.RunningDatasetStats)
+
+
+@pytest.mark.parametrize("tunix_mode,mode", [("sequence-mean-token-mean", "seq-mean-token-mean"),
+                                             ("token-mean", "token-mean")])
+def test_folded_weights_give_the_weighted_clipped_loss(tunix_mode, mode):
+  """tunix's GRPO loss on A * w == recal's policy_loss(A, sample_weights=w) with
+  the unweighted normaliser, with clipping active; not the weighted average."""
+  from tunix.rl import algo_core  # pylint: disable=import-outside-toplevel
+  from tunix.rl import common  # pylint: disable=import-outside-toplevel
+  from recal_jax import losses  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  n, prompt_len, completion_len = 8, 4, 5
+  vocab = tc.MockVocab()
+  model = tc.ToyTransformer(config=tc.ModelConfig(vocab_size=vocab.GetPieceSize(),
+                                                  num_layers=1), rngs=nnx.Rngs(0))
+  prompt_ids = jnp.asarray(rng.integers(3, 22, (n, prompt_len)), jnp.int32)
+  lengths = rng.integers(1, completion_len + 1, n)
+  mask = np.arange(completion_len)[None, :] < lengths[:, None]
+  completion_ids = jnp.asarray(np.where(mask, rng.integers(3, 22, (n, completion_len)), 0),
+                               jnp.int32)
+  graphdef, state = nnx.split(model)
+  log_probs = common.compute_per_token_logps(
+      graphdef, state, prompt_tokens=prompt_ids, completion_tokens=completion_ids,
+      pad_id=0, eos_id=2)
+  old_log_probs = log_probs + jnp.asarray(rng.normal(0.0, 0.5, log_probs.shape), jnp.float32)
+  adv = rng.normal(size=n).astype(np.float32)
+  weights = np.concatenate([[0.0], rng.uniform(0.1, 3.0, n - 1)]).astype(np.float32)
+  config = grpo_lib.GRPOConfig(num_generations=2, beta=0.0, epsilon=0.2,
+                               loss_agg_mode=tunix_mode)
+  config.temperature = 1.0  # GRPOLearner sets it from the rollout config
+  example = grpo_lib.TrainExample(
+      prompt_ids=prompt_ids, prompt_mask=prompt_ids != 0, completion_ids=completion_ids,
+      completion_mask=jnp.asarray(mask), advantages=jnp.asarray(adv * weights),
+      ref_per_token_logps=None, old_per_token_logps=old_log_probs)
+  tunix_loss, aux = algo_core.grpo_loss_fn(model, example, config, pad_id=0, eos_id=2)
+  assert float(aux["pg_clipfrac"]) > 0.1  # the clip is active
+  token_mask = jnp.asarray(mask, jnp.float32)
+  ours, _ = losses.policy_loss(log_probs, old_log_probs, jnp.asarray(adv), token_mask,
+                               sample_weights=jnp.asarray(weights), mode=mode,
+                               normalizer=losses.global_normalizer(token_mask, mode))
+  np.testing.assert_allclose(float(tunix_loss), float(ours), rtol=2e-6)
+  weighted_average, _ = losses.policy_loss(log_probs, old_log_probs, jnp.asarray(adv),
+                                           token_mask, sample_weights=jnp.asarray(weights),
+                                           mode=mode)
+  assert abs(float(weighted_average) - float(tunix_loss)) > 1e-3
