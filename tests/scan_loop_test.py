@@ -66,6 +66,6 @@ def test_imports_only_the_public_core_and_data():
 
 def test_run_reports_measured_lines(runs):
   lines = runs[3]
-  assert lines[0].startswith("2 seeds x 60 updates x 16x4 rollouts: ")
+  assert lines[0].startswith("2 seeds x 60 updates x 16x4 rollouts: compile ")
   assert lines[1].startswith("seed 0: validation accuracy ") and "USD / 1k queries" in lines[1]
   assert [line.split(":")[0] for line in lines[3:]] == ["best single arm", "random arm", "oracle"]
