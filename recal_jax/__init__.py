@@ -3,6 +3,7 @@
 The maths lives in small modules of pure functions:
 
   recal_jax.advantage    GRPO / Dr. GRPO / RLOO / GDPO / ReCal group advantages
+                         (from estimators, hierarchy, recal_config)
   recal_jax.calibration  variance-aware weights, per-dataset normalisation
   recal_jax.losses       clipped policy-gradient surrogate, KL, entropy, aggregation
   recal_jax.rewards      routing reward components and the Router-R1 scalar reward

@@ -19,52 +19,66 @@ Three pieces, each a pure function over flat batches:
   statistics (`running_dataset_stats`: an `(init, update)` pair, rlax/acme
   style, with debiasing of early steps and an optional cross-device
   reduction). A dataset absent from the batch is left untouched; a dataset
-  seen with a single row normalises to 0.
+  seen with a single row normalises to 0; with `keep_zeros` (advantages)
+  rows with A = 0 stay 0 (`estimators.standardize`).
 
-* Dataset-balancing weights: `b[i] = n_valid / (D_present * n[d(i)])`, so
-  each dataset present in the batch contributes the same total weight.
+* Dataset balancing: the weights w (e.g. omega[g(i)]) scaled by
+  `W / (D_present * W[d(i)])`, W[d] the total weight of dataset d, so each
+  dataset present contributes the same total weight to the loss.
+
+`group_size` is the layout (`recal_jax.advantage` module docstring): None
+for any, an int G when every group is G contiguous rows in one dataset.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from recal_jax.segments import Moments, ScatterSegments, segment_stats, segment_sum
+from recal_jax import estimators
+from recal_jax import segments as seg_lib
 
 Array = jax.Array
 
 VARIANCE_H = ("std", "bernoulli", "power")
 
 
+def _jit(*static):
+  return functools.partial(jax.jit, static_argnames=static)
+
+
+def _rows(name: str, values: Array, mask: Optional[Array], ids: Array, num: int):
+  values = jnp.asarray(values, jnp.float32)
+  n = values.shape[0]
+  return values, estimators.as_mask(mask, n), estimators.check_ids(name, ids, n, num)
+
+
 class GroupSpread(NamedTuple):
   h: Array  # [G] float32, h(spread) per group, 0 for absent groups
   count: Array  # [G] float32, valid members per group
+  zero_spread: Array  # [G] bool, present and every member equal (std 0)
 
 
+@_jit("num_groups", "h", "power", "ddof", "axis_name", "group_size")
 def group_spread(values: Array, group_ids: Array, num_groups: int,
-                 mask: Array, *, h: str = "bernoulli", power: float = 1.0,
-                 ddof: int = 0, axis_name: Optional[str] = None) -> GroupSpread:
-  """h(spread) of `values [N]` per group -> `GroupSpread(h [G], count [G])`.
+                 mask: Optional[Array] = None, *, h: str = "bernoulli",
+                 power: float = 1.0, ddof: int = 0,
+                 axis_name: Optional[str] = None,
+                 group_size: Optional[int] = None) -> GroupSpread:
+  """h(spread) of `values [N]` per group -> `GroupSpread` (`[G]` each).
 
-  `h` is one of `VARIANCE_H` (see the module docstring).
+  `h` is one of `VARIANCE_H` (module docstring); `ddof` is that of the std
+  ('std', 'power'); `group_size` the layout (`advantage` module docstring).
   """
   if h not in VARIANCE_H:
     raise ValueError(f"h must be one of {VARIANCE_H}, got {h!r}")
-  moments = ScatterSegments(jnp.asarray(group_ids, jnp.int32), num_groups,
-                            axis_name).moments(
-      [jnp.asarray(values, jnp.float32)], [jnp.asarray(mask, jnp.float32)])[0]
-  return spread_from_moments(moments, h=h, power=power, ddof=ddof)
-
-
-def spread_from_moments(moments: Moments, *, h: str = "bernoulli",
-                        power: float = 1.0, ddof: int = 0) -> GroupSpread:
-  """`GroupSpread` from per-group `segments.Moments` of the primary reward."""
-  if h not in VARIANCE_H:
-    raise ValueError(f"h must be one of {VARIANCE_H}, got {h!r}")
-  stats = moments.stats(ddof)
+  values, mask, group_ids = _rows("group_ids", values, mask, group_ids, num_groups)
+  seg = seg_lib.group_segmentation(group_ids, num_groups, group_size, axis_name)
+  mo = seg.moments([values], [estimators.valid_rows(values, mask, seg)])[0]
+  stats = mo.stats(ddof)
   if h == "std":
     spread = stats.std
   elif h == "bernoulli":
@@ -72,7 +86,9 @@ def spread_from_moments(moments: Moments, *, h: str = "bernoulli",
     spread = jnp.sqrt(p * (1.0 - p))
   else:
     spread = stats.std ** power
-  return GroupSpread(h=jnp.where(stats.count > 0, spread, 0.0), count=stats.count)
+  present = mo.count > 0
+  return GroupSpread(h=jnp.where(present, spread, 0.0), count=mo.count,
+                     zero_spread=present & (mo.m2 == 0))
 
 
 def variance_weights_from_spread(spread: GroupSpread, *, w_min: float = 0.1,
@@ -82,22 +98,24 @@ def variance_weights_from_spread(spread: GroupSpread, *, w_min: float = 0.1,
   Absent groups get 0; if every present group has h = 0, present groups get 1.
   """
   present = spread.count > 0
-  mean_h = jnp.sum(jnp.where(present, spread.h, 0.0)) / jnp.maximum(jnp.sum(present), 1)
+  mean_h = (seg_lib.pairwise_sum(jnp.where(present, spread.h, 0.0))
+            / jnp.maximum(jnp.sum(present), 1))
   omega = jnp.where(mean_h > 0,
                     jnp.clip(spread.h / jnp.where(mean_h > 0, mean_h, 1.0), w_min, w_max),
                     1.0)
   return jnp.where(present, omega, 0.0)
 
 
+@_jit("num_groups", "h", "power", "w_min", "w_max", "ddof", "axis_name", "group_size")
 def variance_weights(values: Array, group_ids: Array, num_groups: int,
                      mask: Optional[Array] = None, *, h: str = "bernoulli",
                      power: float = 1.0, w_min: float = 0.1, w_max: float = 3.0,
-                     ddof: int = 0, axis_name: Optional[str] = None
-                     ) -> tuple[Array, Array]:
+                     ddof: int = 0, axis_name: Optional[str] = None,
+                     group_size: Optional[int] = None) -> tuple[Array, Array]:
   """Variance-aware weights from the spread of the primary reward.
 
   Args:
-    values: `[N]` primary reward (correctness by default in ReCal).
+    values: `[N]` primary reward (ReCal's `variance_component`).
     group_ids: `[N]` int group ids in [0, num_groups).
     num_groups: static G.
     mask: `[N]` validity (default all valid).
@@ -105,63 +123,72 @@ def variance_weights(values: Array, group_ids: Array, num_groups: int,
     w_min, w_max: clip range of the weights.
     ddof: of the group std for 'std' / 'power'.
     axis_name: mapped axis to reduce over.
+    group_size: the layout (None: any; an int G: G contiguous rows a group).
 
   Returns:
     `(per_rollout [N], per_group [G])`: omega[g(i)] on valid rows (0 on
     padding), and omega per group (0 for absent groups).
   """
-  values = jnp.asarray(values, jnp.float32)
-  n = values.shape[0]
-  mask = jnp.ones((n,), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-  group_ids = jnp.asarray(group_ids, jnp.int32)
-  if values.shape != (n,) or mask.shape != (n,) or group_ids.shape != (n,):
-    raise ValueError(f"values, mask and group_ids must all be [N]; got "
-                     f"{values.shape}, {mask.shape}, {group_ids.shape}")
   spread = group_spread(values, group_ids, num_groups, mask, h=h, power=power,
-                        ddof=ddof, axis_name=axis_name)
+                        ddof=ddof, axis_name=axis_name, group_size=group_size)
   omega = variance_weights_from_spread(spread, w_min=w_min, w_max=w_max)
-  return omega[group_ids] * mask, omega
+  values, mask, group_ids = _rows("group_ids", values, mask, group_ids, num_groups)
+  seg = seg_lib.group_segmentation(group_ids, num_groups, group_size, axis_name)
+  return seg.take(omega) * estimators.valid_rows(values, mask, seg), omega
 
 
+@_jit("num_datasets", "eps", "ddof", "axis_name", "group_size", "keep_zeros")
 def dataset_normalize(values: Array, dataset_ids: Array, num_datasets: int,
                       mask: Optional[Array] = None, *, eps: float = 1e-6,
-                      ddof: int = 0, axis_name: Optional[str] = None) -> Array:
+                      ddof: int = 0, axis_name: Optional[str] = None,
+                      group_size: Optional[int] = None,
+                      keep_zeros: bool = False) -> Array:
   """Standardise `values [N]` or `[N, K]` per dataset with batch statistics.
 
     out[i] = (x[i] - mean_{d(i)}(x)) / (std_{d(i)}(x) + eps)
 
-  Padding rows get 0; a dataset with one valid row gets 0 (no spread).
+  Padding rows get 0; a dataset with one valid row, or without spread, gets
+  0. `keep_zeros`: rows with x = 0 stay 0 (for advantages, where it is the
+  maths: see `estimators.standardize`). `group_size=G`: every block of G
+  contiguous rows is in one dataset (its first row's).
   """
   values = jnp.asarray(values, jnp.float32)
   n = values.shape[0]
-  mask = jnp.ones((n,), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-  dataset_ids = jnp.asarray(dataset_ids, jnp.int32)
-  if dataset_ids.shape != (n,) or mask.shape != (n,):
-    raise ValueError(f"dataset_ids and mask must be [N]=({n},); got "
-                     f"{dataset_ids.shape}, {mask.shape}")
-  stats = segment_stats(values, dataset_ids, num_datasets, mask, ddof=ddof,
-                        axis_name=axis_name)
-  out = (values - stats.mean[dataset_ids]) / (stats.std[dataset_ids] + eps)
-  m = mask.reshape((n,) + (1,) * (values.ndim - 1)) > 0
-  return jnp.where(m, out, 0.0)
+  mask = estimators.as_mask(mask, n)
+  dataset_ids = estimators.check_ids("dataset_ids", dataset_ids, n, num_datasets)
+  seg = seg_lib.dataset_segmentation(dataset_ids, num_datasets, group_size, axis_name)
+  valid = estimators.valid_rows(values, mask, seg)
+  out = [estimators.standardize(c, valid, seg, ddof=ddof, eps=eps, keep_zeros=keep_zeros)
+         for c in estimators.columns(values)]
+  return out[0] if values.ndim == 1 else jnp.stack(out, axis=1)
 
 
+@_jit("num_datasets", "axis_name", "group_size")
 def dataset_balance_weights(dataset_ids: Array, num_datasets: int,
                             mask: Optional[Array] = None, *,
-                            axis_name: Optional[str] = None) -> Array:
-  """`[N]` weights b[i] = n_valid / (D_present * n[d(i)]); 0 on padding.
+                            weights: Optional[Array] = None,
+                            axis_name: Optional[str] = None,
+                            group_size: Optional[int] = None) -> Array:
+  """Weights scaled so that every dataset's total weight is equal.
 
-  Each dataset present in the (global) batch then sums to n_valid / D_present,
-  and the weights sum to n_valid, so the loss scale is unchanged.
+    out[i] = w[i] * W / (D_present * W[d(i)]),   W[d] = sum_{i in d} w[i]
+
+  with w = `weights [N]` (e.g. the variance weights; default the mask) on
+  valid rows and W = sum_d W[d]. Each dataset with W[d] > 0 then totals
+  W / D_present and the total W is unchanged. Padding rows get 0.
   """
-  dataset_ids = jnp.asarray(dataset_ids, jnp.int32)
+  dataset_ids = jnp.asarray(dataset_ids)
   n = dataset_ids.shape[0]
-  mask = jnp.ones((n,), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-  counts = segment_sum(mask, dataset_ids, num_datasets, axis_name)
-  present = jnp.sum(counts > 0)
-  total = jnp.sum(counts)
-  b = total / (jnp.maximum(present, 1) * jnp.maximum(counts[dataset_ids], 1.0))
-  return b * mask
+  mask = estimators.as_mask(mask, n)
+  dataset_ids = estimators.check_ids("dataset_ids", dataset_ids, n, num_datasets)
+  seg = seg_lib.dataset_segmentation(dataset_ids, num_datasets, group_size, axis_name)
+  valid = estimators.valid_rows(mask, mask, seg)
+  w = valid if weights is None else jnp.where(valid > 0, jnp.asarray(weights, jnp.float32), 0.0)
+  totals = seg.sums([w])[0]
+  present = jnp.sum(totals > 0)
+  balance = jnp.where(totals > 0, seg_lib.pairwise_sum(totals)
+                      / (jnp.maximum(present, 1) * jnp.where(totals > 0, totals, 1.0)), 0.0)
+  return w * seg.take(balance)
 
 
 # ------------------------------------------------------ running statistics
@@ -179,6 +206,7 @@ class RunningStatsFns(NamedTuple):
   update: Callable[..., RunningDatasetStats]
 
 
+@_jit("num_datasets")
 def init_dataset_stats(num_datasets: int) -> RunningDatasetStats:
   """Zero running statistics for `num_datasets` datasets."""
   zeros = jnp.zeros((num_datasets,), jnp.float32)
@@ -186,10 +214,11 @@ def init_dataset_stats(num_datasets: int) -> RunningDatasetStats:
                              count=jnp.zeros((num_datasets,), jnp.int32))
 
 
+@_jit("decay", "axis_name", "group_size")
 def update_dataset_stats(state: RunningDatasetStats, values: Array,
                          dataset_ids: Array, mask: Optional[Array] = None, *,
-                         decay: float = 0.99,
-                         axis_name: Optional[str] = None) -> RunningDatasetStats:
+                         decay: float = 0.99, axis_name: Optional[str] = None,
+                         group_size: Optional[int] = None) -> RunningDatasetStats:
   """One EMA step from the batch `values [N]`; datasets absent are untouched.
 
     m_d  <- decay m_d  + (1 - decay) mean_batch_d(x)
@@ -197,34 +226,17 @@ def update_dataset_stats(state: RunningDatasetStats, values: Array,
     c_d  <- decay c_d  + (1 - decay)            (so c_d = 1 - decay^t_d)
 
   Batch moments are reduced over `axis_name`, so every device holds the same
-  state.
+  state; `group_size` as in `dataset_normalize`.
   """
   if not 0.0 <= decay < 1.0:
     raise ValueError(f"decay must be in [0, 1), got {decay}")
-  values = jnp.asarray(values, jnp.float32)
-  n = values.shape[0]
-  mask = jnp.ones((n,), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-  dataset_ids = jnp.asarray(dataset_ids, jnp.int32)
   num_datasets = state.mean.shape[0]
-  moments = ScatterSegments(dataset_ids, num_datasets, axis_name).moments(
-      [values], [mask])[0]
-  return update_dataset_stats_from_moments(state, moments, decay=decay)
-
-
-def update_dataset_stats_from_moments(state: RunningDatasetStats,
-                                      moments: Moments, *,
-                                      decay: float = 0.99) -> RunningDatasetStats:
-  """`update_dataset_stats` from per-dataset `segments.Moments` of the batch.
-
-  The batch mean of x^2 is (m2 + 2 mean total - mean^2 count) / count.
-  """
-  if not 0.0 <= decay < 1.0:
-    raise ValueError(f"decay must be in [0, 1), got {decay}")
-  count = moments.count
-  seen = count > 0
-  batch_mean = moments.mean
-  sum_sq = moments.m2 + batch_mean * (2.0 * moments.total - batch_mean * count)
-  batch_mean_sq = jnp.maximum(sum_sq, 0.0) / jnp.maximum(count, 1.0)
+  values, mask, dataset_ids = _rows("dataset_ids", values, mask, dataset_ids, num_datasets)
+  seg = seg_lib.dataset_segmentation(dataset_ids, num_datasets, group_size, axis_name)
+  mo = seg.moments([values], [estimators.valid_rows(values, mask, seg)])[0]
+  seen = mo.count > 0
+  batch_mean = mo.mean
+  batch_mean_sq = mo.m2 / jnp.maximum(mo.count, 1.0) + batch_mean * batch_mean
   ema = lambda old, new: jnp.where(seen, decay * old + (1.0 - decay) * new, old)
   return RunningDatasetStats(
       mean=ema(state.mean, batch_mean),
@@ -233,6 +245,7 @@ def update_dataset_stats_from_moments(state: RunningDatasetStats,
       count=state.count + seen.astype(jnp.int32))
 
 
+@jax.jit
 def running_mean_std(state: RunningDatasetStats) -> tuple[Array, Array]:
   """Debiased `(mean [D], std [D])`; datasets never seen get (0, 1)."""
   seen = state.debias > 0
@@ -242,21 +255,28 @@ def running_mean_std(state: RunningDatasetStats) -> tuple[Array, Array]:
   return jnp.where(seen, mean, 0.0), jnp.where(seen, jnp.sqrt(var), 1.0)
 
 
+@_jit("eps", "keep_zeros")
 def normalize_with_stats(state: RunningDatasetStats, values: Array,
                          dataset_ids: Array, mask: Optional[Array] = None, *,
-                         eps: float = 1e-6) -> Array:
-  """(x - mu[d]) / (sigma[d] + eps) with the debiased running statistics."""
+                         eps: float = 1e-6, keep_zeros: bool = False) -> Array:
+  """(x - mu[d]) / (sigma[d] + eps) with the debiased running statistics.
+
+  Padding rows (and, with `keep_zeros`, rows with x = 0) get 0.
+  """
   values = jnp.asarray(values, jnp.float32)
   mean, std = running_mean_std(state)
   dataset_ids = jnp.asarray(dataset_ids, jnp.int32)
-  out = (values - mean[dataset_ids]) / (std[dataset_ids] + eps)
-  if mask is not None:
-    out = jnp.where(jnp.asarray(mask) > 0, out, 0.0)
-  return out
+  out = ((values - jnp.take(mean, dataset_ids, mode="clip"))
+         / (jnp.take(std, dataset_ids, mode="clip") + eps))
+  keep = jnp.ones(values.shape, bool) if mask is None else jnp.asarray(mask) > 0
+  if keep_zeros:
+    keep = keep & (values != 0)
+  return jnp.where(keep, out, 0.0)
 
 
 def running_dataset_stats(num_datasets: int, *, decay: float = 0.99,
-                          axis_name: Optional[str] = None) -> RunningStatsFns:
+                          axis_name: Optional[str] = None,
+                          group_size: Optional[int] = None) -> RunningStatsFns:
   """`(init, update)` pair for running per-dataset statistics (rlax style).
 
     init() -> RunningDatasetStats
@@ -267,6 +287,6 @@ def running_dataset_stats(num_datasets: int, *, decay: float = 0.99,
 
   def update(state, values, dataset_ids, mask=None) -> RunningDatasetStats:
     return update_dataset_stats(state, values, dataset_ids, mask, decay=decay,
-                                axis_name=axis_name)
+                                axis_name=axis_name, group_size=group_size)
 
   return RunningStatsFns(init=init, update=update)

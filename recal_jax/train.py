@@ -180,6 +180,7 @@ def method_from_config(config: ml_collections.ConfigDict) -> advantage.ReCalConf
   overrides = config.get("method_overrides", "") or "{}"
   overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  # Weights are by component name: a JSON object, e.g. {"cost": 0.2}.
   return advantage.method_config(config.method, **overrides)
 
 
@@ -299,7 +300,7 @@ def make_learn_fn(policy: policies.RouterPolicy, tx: optax.GradientTransformatio
     recal = advantage.recal_advantages(
         rollout.components, rollout.group_ids, num_queries_per_batch,
         rollout.dataset_ids, num_datasets, rollout.mask, config=method,
-        dataset_state=state.dataset_stats)
+        dataset_state=state.dataset_stats, group_size=int(config.group_size))
     token_mask = rollout.token_mask & rollout.mask[:, None]
     normalizer = losses.global_normalizer(token_mask, mode, recal.weights)
     ref_log_probs = None
@@ -340,7 +341,7 @@ def make_learn_fn(policy: policies.RouterPolicy, tx: optax.GradientTransformatio
         "rollout/malformed_rate": jnp.mean((rollout.arm_indices < 0).astype(jnp.float32)),
         "rollout/unlogged_rate": 1.0 - jnp.mean(mask.astype(jnp.float32)),
         "rollout/reward": _masked_mean(
-            rewards_lib.summed_reward(rollout.components, method.component_weights), mask),
+            rewards_lib.summed_reward(rollout.components, method.weight_vector()), mask),
         "advantage/mean": _masked_mean(recal.advantages, mask),
         "advantage/abs_mean": _masked_mean(jnp.abs(recal.advantages), mask),
         "advantage/weight_max": jnp.max(jnp.where(mask, recal.weights, 0.0)),
@@ -467,7 +468,7 @@ def validation_reward(metrics: Mapping[str, float], method: advantage.ReCalConfi
 
   with the method's `component_weights` (the training reward's units).
   """
-  w_format, w_correct, w_cost = method.component_weights
+  w_format, w_correct, w_cost = method.weight_vector()
   return float(w_format * metrics["format_ok_rate"] + w_correct * metrics["accuracy"]
                - w_cost * metrics["cost"] / cost_scale)
 

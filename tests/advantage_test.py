@@ -55,16 +55,18 @@ def np_rloo(r, ids, mask):
   return adv
 
 
-def np_gate(r, parents, thresholds, fail_values):
+def np_gate(r, names, parents, thresholds, fail_values):
+  """Gate of a tree given as dicts by name (parents: child -> parent)."""
   n, k = r.shape
   gate = np.ones((n, k))
-  for c in range(k):
-    node = parents[c]
-    while node != -1:
-      if thresholds[node] is not None:
-        gate[:, c] *= r[:, node] >= thresholds[node]
-      node = parents[node]
-  return gate, gate * r + (1 - gate) * np.asarray(fail_values)[None]
+  for c, name in enumerate(names):
+    node = parents.get(name)
+    while node is not None:
+      if node in thresholds:
+        gate[:, c] *= r[:, names.index(node)] >= thresholds[node]
+      node = parents.get(node)
+  fail = np.asarray([fail_values.get(name, 0.0) for name in names])
+  return gate, gate * r + (1 - gate) * fail[None]
 
 
 def np_componentwise(r, ids, mask, gate=None, ddof=0, eps=1e-6):
@@ -82,39 +84,45 @@ def np_whiten(x, mask, ddof=0, eps=1e-6):
   return np.where(mask > 0, (x - v.mean()) / (v.std(ddof=ddof) + eps), 0.0)
 
 
-def np_dataset_norm(x, dids, mask, eps=1e-6):
+def np_dataset_norm(x, dids, mask, eps=1e-6, keep_zeros=False):
   mean, std, _ = np_group_mean_std(x, dids, mask, 0)
-  return np.where((mask > 0).reshape((-1,) + (1,) * (x.ndim - 1)), (x - mean) / (std + eps), 0.0)
+  keep = (mask > 0).reshape((-1,) + (1,) * (x.ndim - 1))
+  if keep_zeros:
+    keep = keep & (x != 0)
+  return np.where(keep, (x - mean) / (std + eps), 0.0)
 
 
 def np_recal(r, ids, dids, mask, cfg: advantage.ReCalConfig):
   """ReCal (batch dataset statistics) written out step by step in numpy."""
   r = np.where(mask[:, None] > 0, r, 0.0).astype(np.float64)
   raw = r.copy()
+  names = list(cfg.components)
   for c in cfg.dataset_norm_components:
-    r[:, c] = np_dataset_norm(raw[:, c], dids, mask, cfg.eps)
-  w = np.asarray(cfg.component_weights)
+    r[:, names.index(c)] = np_dataset_norm(raw[:, names.index(c)], dids, mask, cfg.eps)
+  gate = None
+  if cfg.hierarchy is not None:
+    h = cfg.hierarchy
+    gate, r = np_gate(r, names, dict(h.parents), dict(h.thresholds), dict(h.fail_values))
   if cfg.reward == "components":
-    gate = None
-    if cfg.hierarchy is not None:
-      h = cfg.hierarchy
-      gate, r = np_gate(r, h.parents, h.thresholds, h.fail_values)
     per = np_componentwise(r, ids, mask, gate if cfg.conditional else None,
                            cfg.ddof, cfg.eps)
-    adv = per @ w
+    adv = per @ np.asarray(cfg.weight_vector())
   else:
-    adv = np_grpo(r @ w, ids, mask, ddof=cfg.ddof, eps=cfg.eps)
+    adv = np_grpo(r @ np.asarray(cfg.weight_vector(sum_weights=True)), ids, mask,
+                  ddof=cfg.ddof, eps=cfg.eps)
+  adv = np.where(np.abs(adv) < 1e-12, 0.0, adv)  # float64 noise of a group without spread
   if cfg.whiten:
-    adv = np_whiten(adv, mask, cfg.ddof, cfg.eps)
+    adv = np.where(adv != 0, np_whiten(adv, mask, cfg.ddof, cfg.eps), 0.0)
   # variance weights (bernoulli h on the correctness column)
-  p, _, count = np_group_mean_std(raw[:, cfg.variance_component], ids, mask, 0)
+  vc = names.index(cfg.variance_component or "correctness")
+  p, _, count = np_group_mean_std(raw[:, vc], ids, mask, 0)
   h = np.sqrt(np.clip(p, 0, 1) * (1 - np.clip(p, 0, 1)))
   groups = np.unique(ids[mask > 0])
   mean_h = np.mean([h[ids == g][0] for g in groups])
   omega = np.clip(h / mean_h, cfg.weight_min, cfg.weight_max) if mean_h > 0 else np.ones_like(h)
-  weights = np.where(mask > 0, omega if cfg.variance_weighting else 1.0, 0.0)
+  weights = np.where(mask > 0, omega if cfg.variance_component else 1.0, 0.0)
   if cfg.dataset_norm == "batch":
-    adv = np_dataset_norm(adv, dids, mask, cfg.eps)
+    adv = np_dataset_norm(adv, dids, mask, cfg.eps, keep_zeros=True)
   return np.where(mask > 0, adv, 0.0), weights
 
 
@@ -156,7 +164,9 @@ class GroupAdvantageTest(chex.TestCase, parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_componentwise_conditional_matches_numpy(self):
-    gate, gated = np_gate(self.r, (-1, 0, 1), (0.5, 0.5, None), (0., 0., 0.))
+    gate, gated = np_gate(self.r, ["format", "correctness", "cost"],
+                          {"correctness": "format", "cost": "correctness"},
+                          {"format": 0.5, "correctness": 0.5}, {})
     fn = self.variant(functools.partial(advantage.componentwise_advantages,
                                         num_groups=9, conditional=True))
     got = fn(gated.astype(np.float32), self.ids, mask=self.mask, gate=gate.astype(np.float32))
@@ -167,17 +177,24 @@ class GroupAdvantageTest(chex.TestCase, parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_hierarchical_gate_matches_numpy(self):
-    h = advantage.Hierarchy(fail_values=(0.0, -1.0, -2.0))
-    gate, gated = self.variant(lambda r: advantage.hierarchical_gate(r, h))(self.r)
-    want_gate, want_gated = np_gate(self.r, h.parents, h.thresholds, h.fail_values)
+    h = advantage.Hierarchy(parents={"correctness": "format", "cost": "correctness"},
+                            thresholds={"format": 0.5, "correctness": 0.5},
+                            fail_values={"correctness": -1.0, "cost": -2.0})
+    names = ("format", "correctness", "cost")
+    gate, gated = self.variant(lambda r: advantage.hierarchical_gate(r, h, names))(self.r)
+    want_gate, want_gated = np_gate(self.r, list(names), dict(h.parents),
+                                    dict(h.thresholds), dict(h.fail_values))
     np.testing.assert_array_equal(gate, want_gate)
     np.testing.assert_allclose(gated, want_gated, atol=1e-6)
 
-  def test_hierarchy_rejects_cycles_and_bad_lengths(self):
+  def test_hierarchy_rejects_cycles_and_unknown_names(self):
     with self.assertRaisesRegex(ValueError, "cycle"):
-      advantage.Hierarchy(parents=(2, 0, 1))
-    with self.assertRaisesRegex(ValueError, "thresholds"):
-      advantage.Hierarchy(thresholds=(0.5, None))
+      advantage.Hierarchy(parents={"a": "b", "b": "c", "c": "a"})
+    with self.assertRaisesRegex(ValueError, r"ReCalConfig.hierarchy names \['x'\]"):
+      advantage.ReCalConfig(components=("a", "b"),
+                            hierarchy=advantage.Hierarchy(parents={"b": "x"}))
+    with self.assertRaisesRegex(ValueError, "Hierarchy.thresholds"):
+      advantage.Hierarchy(thresholds={"a": "high"})
 
 
 class PeerGoldenTest(parameterized.TestCase):
@@ -252,10 +269,10 @@ class ReCalTest(chex.TestCase, parameterized.TestCase):
 
   def test_all_switches_off_is_grpo_on_summed_reward(self):
     cfg = advantage.method_config("recal", reward="sum", hierarchy=None,
-                                  variance_weighting=False, dataset_norm="none",
+                                  variance_component=None, dataset_norm="none",
                                   dataset_norm_components=())
     out = advantage.recal_advantages(self.r, self.ids, 12, self.dids, 3, self.mask, config=cfg)
-    summed = self.r @ np.asarray(cfg.component_weights, np.float32)
+    summed = self.r @ np.asarray(cfg.weight_vector(), np.float32)
     want = advantage.grpo_advantages(summed, self.ids, 12, self.mask)
     np.testing.assert_allclose(out.advantages, want, atol=1e-6)
     np.testing.assert_array_equal(out.weights, self.mask)
@@ -265,7 +282,7 @@ class ReCalTest(chex.TestCase, parameterized.TestCase):
     cfg = advantage.method_config("gdpo")
     out = advantage.recal_advantages(self.r, self.ids, 12, self.dids, 3, self.mask, config=cfg)
     want = advantage.gdpo_advantages(self.r, self.ids, 12, self.mask,
-                                     component_weights=cfg.component_weights,
+                                     component_weights=cfg.weight_vector(),
                                      eps=cfg.eps, ddof=cfg.ddof)
     np.testing.assert_allclose(out.advantages, want, atol=1e-6)
 
@@ -308,7 +325,8 @@ class ReCalTest(chex.TestCase, parameterized.TestCase):
       advantage.recal_advantages(self.r, self.ids, 12, self.dids, 3, config=cfg)
 
   def test_diagnostics(self):
-    out = advantage.recal_advantages(self.r, self.ids, 12, self.dids, 3, self.mask)
+    out = advantage.recal_advantages(self.r, self.ids, 12, self.dids, 3, self.mask,
+                                     config=advantage.method_config("recal"))
     d = out.diagnostics
     valid = self.mask > 0
     np.testing.assert_allclose(d["component_mean"], self.r[valid].mean(0), atol=1e-5)
@@ -341,7 +359,8 @@ class EdgeCaseTest(parameterized.TestCase):
 
   def test_all_masked_batch(self):
     r = np.ones((4, 3), np.float32)
-    out = advantage.recal_advantages(r, np.zeros(4, np.int32), 1, mask=np.zeros(4))
+    out = advantage.recal_advantages(r, np.zeros(4, np.int32), 1, mask=np.zeros(4),
+                                     config=advantage.method_config("recal"))
     np.testing.assert_array_equal(out.advantages, 0.0)
     np.testing.assert_array_equal(out.weights, 0.0)
 
@@ -350,7 +369,8 @@ class EdgeCaseTest(parameterized.TestCase):
     r[3, 1] = np.nan
     r[7, 2] = np.inf
     out = jax.jit(functools.partial(advantage.recal_advantages, num_groups=9,
-                                    num_datasets=3))(r, ids, dataset_ids=dids, mask=mask)
+                                    num_datasets=3, config=advantage.method_config("recal"))
+                  )(r, ids, dataset_ids=dids, mask=mask)
     self.assertTrue(np.isfinite(out.advantages).all())
     self.assertEqual(float(out.advantages[3]), 0.0)
     expected_invalid = mask[3] + mask[7]
@@ -371,17 +391,18 @@ class EdgeCaseTest(parameterized.TestCase):
 
   def test_shape_errors_at_trace_time(self):
     r = jnp.zeros((6, 3))
+    cfg = advantage.method_config("recal")
     with self.assertRaisesRegex(ValueError, "group_ids must have shape"):
-      jax.jit(lambda r, g: advantage.recal_advantages(r, g, 2))(r, jnp.zeros(5, jnp.int32))
+      jax.jit(lambda r, g: advantage.recal_advantages(r, g, 2, config=cfg))(
+          r, jnp.zeros(5, jnp.int32))
     with self.assertRaisesRegex(ValueError, "components must have shape"):
-      advantage.recal_advantages(jnp.zeros(6), jnp.zeros(6, jnp.int32), 2)
+      advantage.recal_advantages(jnp.zeros(6), jnp.zeros(6, jnp.int32), 2, config=cfg)
     with self.assertRaisesRegex(ValueError, "mask must have shape"):
       advantage.grpo_advantages(jnp.zeros(6), jnp.zeros(6, jnp.int32), 2, jnp.ones(5))
     with self.assertRaisesRegex(ValueError, "must be integers"):
       advantage.grpo_advantages(jnp.zeros(6), jnp.zeros(6), 2)
-    with self.assertRaisesRegex(ValueError, "hierarchy has 3"):
-      advantage.recal_advantages(jnp.zeros((6, 2)), jnp.zeros(6, jnp.int32), 2,
-                                 config=advantage.method_config("recal", component_weights=(1., 1.)))
+    with self.assertRaisesRegex(ValueError, "K=2 columns but ReCalConfig.components"):
+      advantage.recal_advantages(jnp.zeros((6, 2)), jnp.zeros(6, jnp.int32), 2, config=cfg)
     with self.assertRaisesRegex(ValueError, "unknown method"):
       advantage.method_config("ppo")
     with self.assertRaisesRegex(ValueError, "std_scaling"):
@@ -391,7 +412,8 @@ class EdgeCaseTest(parameterized.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def fn(r, ids, dids, mask):
-      return advantage.recal_advantages(r, ids, 9, dids, 3, mask)
+      return advantage.recal_advantages(r, ids, 9, dids, 3, mask,
+                                        config=advantage.method_config("recal"))
 
     for seed in range(3):
       fn(*random_batch(seed))
@@ -402,7 +424,8 @@ class VmapAndShardingTest(parameterized.TestCase):
   def test_vmap_over_independent_batches(self):
     batches = [random_batch(s) for s in range(3)]
     stack = lambda i: np.stack([b[i] for b in batches])
-    fn = jax.jit(functools.partial(advantage.recal_advantages, num_groups=9, num_datasets=3))
+    fn = jax.jit(functools.partial(advantage.recal_advantages, num_groups=9, num_datasets=3,
+                                   config=advantage.method_config("recal")))
     got = jax.vmap(lambda r, g, d, m: fn(r, g, dataset_ids=d, mask=m).advantages)(
         stack(0), stack(1), stack(2), stack(3))
     for i, (r, ids, dids, mask) in enumerate(batches):
@@ -427,7 +450,8 @@ class VmapAndShardingTest(parameterized.TestCase):
     r, ids, dids, mask = random_batch(5, n=64, num_groups=10)
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-    fn = jax.jit(functools.partial(advantage.recal_advantages, num_groups=10, num_datasets=3))
+    fn = jax.jit(functools.partial(advantage.recal_advantages, num_groups=10, num_datasets=3,
+                                   config=advantage.method_config("recal")))
     got = jax.block_until_ready(fn(shard(r), shard(ids), dataset_ids=shard(dids),
                                    mask=shard(mask)).advantages)
     want = fn(r, ids, dataset_ids=dids, mask=mask).advantages
@@ -535,37 +559,24 @@ class ContiguousLayoutTest(parameterized.TestCase):
       np.testing.assert_allclose(a.diagnostics[key], b.diagnostics[key],
                                  atol=atol, rtol=1e-5, err_msg=key)
 
-  def test_layout_check(self):
+  def test_host_layout_check_names_the_first_bad_row(self):
     r, ids, dids, mask = contiguous_batch(0)
-    n = len(ids)
-    given = jnp.asarray(mask)
-    check = lambda i, d, gs="auto": bool(advantage._contiguous_layout(
-        jnp.asarray(i), 6, given, gs, None, jnp.asarray(d)).ok)
-    self.assertTrue(check(ids, dids))
-    self.assertTrue(check(ids, dids, 4))
-    self.assertIsNone(advantage._contiguous_layout(  # 12 blocks > 6 groups
-        jnp.asarray(ids), 6, given, 2, None))
-    self.assertFalse(bool(advantage._contiguous_layout(  # blocks of 2 != groups
-        jnp.asarray(ids), 12, given, 2, None).ok))
-    self.assertFalse(check(ids[::-1].copy(), dids[::-1].copy()))
+    advantage.check_inputs(r, ids, 6, dids, 3, mask, group_size=4)
+    advantage.check_inputs(r, ids + 2, 8, dids, 3, mask, group_size=4)
+    with self.assertRaisesRegex(ValueError, r"group_ids\[2\] = 0, the contiguous layout needs 1"):
+      advantage.check_inputs(r, ids, 6, dids, 3, mask, group_size=2)
     mixed = dids.copy()
     mixed[1] = (mixed[1] + 1) % 3  # a group spanning two datasets
-    self.assertFalse(check(ids, mixed))
-    # Rows with mask 0 may hold any ids.
-    odd = ids.copy()
-    odd[mask == 0] = 5
-    self.assertTrue(check(odd, dids))
-    self.assertIsNone(advantage._contiguous_layout(
-        jnp.asarray(ids), 5, given, "auto", None))  # 5 does not divide N
-    self.assertIsNone(advantage._contiguous_layout(
-        jnp.asarray(ids), 6, given, None, None))
-    self.assertEqual(n, 24)
+    with self.assertRaisesRegex(ValueError, r"dataset_ids\[1\]"):
+      advantage.check_inputs(r, ids, 6, mixed, 3, mask, group_size=4)
+    with self.assertRaisesRegex(ValueError, "does not divide"):
+      advantage.check_inputs(r, ids, 6, dids, 3, mask, group_size=5)
 
   @parameterized.parameters(*sorted(advantage.METHODS))
   def test_fast_path_equals_general_path(self, method):
     r, ids, dids, mask = contiguous_batch(1)
     r[np.flatnonzero(mask == 0)[0], 1] = np.nan  # garbage in a padding row
-    fast = _jitted_layout(method, 6, "auto")(r, ids, dids, mask)
+    fast = _jitted_layout(method, 6, 4)(r, ids, dids, mask)
     general = _jitted_layout(method, 6, None)(r, ids, dids, mask)
     self.assert_same(fast, general)
 
@@ -578,19 +589,19 @@ class ContiguousLayoutTest(parameterized.TestCase):
     np.testing.assert_allclose(out.advantages, adv, atol=5e-5, rtol=1e-4)
     np.testing.assert_allclose(out.weights, weights, atol=1e-5, rtol=1e-5)
 
-  def test_other_layouts_fall_back(self):
+  def test_one_compiled_path(self):
+    # The layout is static: no run-time check, no `cond` between two programs,
+    # and the contiguous path has no scatter over the N rows.
     r, ids, dids, mask = contiguous_batch(3)
-    want = _jitted_layout("recal", 6, None)(r, ids, dids, mask)
-    perm = np.random.default_rng(0).permutation(len(ids))
-    got = _jitted_layout("recal", 6, "auto")(r[perm], ids[perm], dids[perm], mask[perm])
-    np.testing.assert_allclose(np.asarray(want.advantages)[perm], got.advantages, atol=2e-5)
-    # A wrong promise (blocks of 2) is caught at run time, not trusted.
-    got = _jitted_layout("recal", 6, 2)(r, ids, dids, mask)
-    self.assert_same(got, want)
-    mixed = dids.copy()
-    mixed[1] = (mixed[1] + 1) % 3
-    self.assert_same(_jitted_layout("recal", 6, "auto")(r, ids, mixed, mask),
-                     _jitted_layout("recal", 6, None)(r, ids, mixed, mask))
+    cfg = advantage.method_config("recal")
+    for group_size in (4, None):
+      jaxpr = str(jax.make_jaxpr(lambda r, i, d, m: advantage.recal_advantages(
+          r, i, 6, d, 3, m, config=cfg, group_size=group_size))(r, ids, dids, mask))
+      self.assertNotIn("cond[", jaxpr)
+      n_rows_scatter = [line for line in jaxpr.splitlines()
+                        if "scatter-add" in line and f"f32[{len(ids)}" in line]
+      if group_size:
+        self.assertEqual(n_rows_scatter, [])
 
   def test_fewer_groups_than_num_groups(self):
     # 6 groups of 4 in a batch declared with num_groups=10: blocks are placed.
@@ -606,7 +617,7 @@ class ContiguousLayoutTest(parameterized.TestCase):
     r, ids, _, mask = contiguous_batch(5)
     scalar = r[:, 1] + 0.5 * r[:, 2]
     for scaling in advantage.STD_SCALINGS:
-      fast = advantage.grpo_advantages(scalar, ids, 6, mask, std_scaling=scaling)
+      fast = advantage.grpo_advantages(scalar, ids, 6, mask, std_scaling=scaling, group_size=4)
       general = advantage.grpo_advantages(scalar, ids, 6, mask, std_scaling=scaling,
                                           group_size=None)
       np.testing.assert_allclose(fast, general, atol=1e-5, err_msg=scaling)
@@ -615,17 +626,19 @@ class ContiguousLayoutTest(parameterized.TestCase):
 
   def test_bad_group_size(self):
     r, ids, dids, mask = contiguous_batch(6)
+    cfg = advantage.method_config("recal")
     with self.assertRaisesRegex(ValueError, "does not divide"):
-      advantage.recal_advantages(r, ids, 6, dids, 3, mask, group_size=5)
-    with self.assertRaisesRegex(ValueError, "group_size"):
-      advantage.recal_advantages(r, ids, 6, dids, 3, mask, group_size="fixed")
+      advantage.recal_advantages(r, ids, 6, dids, 3, mask, config=cfg, group_size=5)
+    for bad in ("auto", "fixed", 2.0):
+      with self.assertRaisesRegex(ValueError, "group_size"):
+        advantage.recal_advantages(r, ids, 6, dids, 3, mask, config=cfg, group_size=bad)
     with self.assertRaisesRegex(ValueError, "group_size"):
       advantage.grpo_advantages(r[:, 1], ids, 6, mask, group_size=0)
 
   def test_vmap_fast_path(self):
     batches = [contiguous_batch(s) for s in range(3)]
     stack = lambda i: np.stack([b[i] for b in batches])
-    fn = _jitted_layout("recal", 6, "auto")
+    fn = _jitted_layout("recal", 6, 4)
     got = jax.vmap(lambda r, g, d, m: fn(r, g, d, m).advantages)(
         stack(0), stack(1), stack(2), stack(3))
     for i, b in enumerate(batches):

@@ -148,10 +148,13 @@ def test_grpo_and_rloo_advantages(batch, options, singleton):
     np.testing.assert_array_equal(out[~batch["valid"]], 0.0)
 
 
+_TREE = (advantage.ROUTING_TREE, advantage.ROUTING_COMPONENTS)
+
+
 @functools.lru_cache(maxsize=None)
 def _jit_componentwise(num_groups, gated, conditional, estimator):
   def fn(r, g, m):
-    gate = advantage.hierarchical_gate(jnp.nan_to_num(r))[0] if gated else None
+    gate = advantage.hierarchical_gate(jnp.nan_to_num(r), *_TREE)[0] if gated else None
     return advantage.componentwise_advantages(r, g, num_groups, m, gate=gate,
                                               conditional=conditional, estimator=estimator)
   return jax.jit(fn)
@@ -177,7 +180,7 @@ def test_componentwise_and_gdpo_advantages(batch, options, whiten_sum):
   np.testing.assert_array_equal(per[~batch["valid"]], 0.0)
   gated, conditional, _ = options
   if gated and conditional:
-    gate = np.asarray(advantage.hierarchical_gate(np.nan_to_num(batch["values"]))[0])
+    gate = np.asarray(advantage.hierarchical_gate(np.nan_to_num(batch["values"]), *_TREE)[0])
     np.testing.assert_array_equal(per[gate == 0], 0.0)
   total = np.asarray(_jit_gdpo(num_groups, whiten_sum)(*args))
   assert total.shape == batch["values"].shape[:1]

@@ -5,10 +5,12 @@ correctness 0/1, cost reward < 0), groups of 8 (`group_ids = repeat(arange(N /
 8), 8)`), 7 datasets (one per group), it times, side by side in one process
 (round-robin over the methods, so a change of machine load hits all alike):
 
-  recal          `recal_advantages(config=method_config('recal'))`, jitted,
-                 every stage on; the contiguous fast path applies (auto)
-  recal_general  the same with `group_size=None` (scatter-add path)
-  grpo           `grpo_advantages` on the summed reward, jitted
+  recal          `recal_advantages(config=method_config('recal'), group_size=8)`,
+                 jitted, every stage on, contiguous layout
+  recal_general  the same with `group_size=None` (any layout: scatter-adds)
+  grpo           `grpo_advantages(group_size=8)` on the summed reward, jitted
+  gdpo           `gdpo_advantages(group_size=8)`, jitted
+  recal_gdpo     `recal_advantages(config=method_config('gdpo'), group_size=8)`
   numpy          the same ReCal computation vectorised in numpy (np.bincount)
   loop           the same ReCal computation with a Python loop over groups
                  (numpy per group, as several RL libraries do), N <= 2^loop_max_log2
@@ -58,7 +60,7 @@ from experiments.benchmarks.common import (  # noqa: E402
 SECTION = "## Advantage"
 GROUP = 8
 DATASETS = 7
-METHODS = ("recal", "recal_general", "grpo", "numpy", "loop", "floor")
+METHODS = ("recal", "recal_general", "grpo", "gdpo", "recal_gdpo", "numpy", "loop", "floor")
 
 
 # ------------------------------------------------------------------ data
@@ -117,7 +119,8 @@ def numpy_recal(components, group_ids, dataset_ids, mask, num_groups, cfg):
   for x, m, w in ((raw[:, 0], valid, 1.0), (g1 * raw[:, 1], valid * g1, 1.0),
                   (g2 * cost, valid * g2, 0.5)):
     mean, std, _ = _np_stats(x, group_ids, num_groups, m)
-    adv += w * np.where(m > 0, (x - mean[group_ids]) / (std[group_ids] + eps), 0.0)
+    spread = (m > 0) & (std[group_ids] > 1e-12)  # no spread: A = 0
+    adv += w * np.where(spread, (x - mean[group_ids]) / (std[group_ids] + eps), 0.0)
   # Stage 2: Bernoulli variance weights, batch dataset normalisation.
   p, _, count = _np_stats(raw[:, 1], group_ids, num_groups, valid)
   present = count > 0
@@ -127,7 +130,8 @@ def numpy_recal(components, group_ids, dataset_ids, mask, num_groups, cfg):
            else np.ones_like(h))
   weights = np.where(present, omega, 0.0)[group_ids] * valid
   mean_d, std_d, _ = _np_stats(adv, dataset_ids, DATASETS, valid)
-  adv = np.where(valid > 0, (adv - mean_d[dataset_ids]) / (std_d[dataset_ids] + eps), 0.0)
+  adv = np.where((valid > 0) & (adv != 0),  # rows with A = 0 stay 0
+                 (adv - mean_d[dataset_ids]) / (std_d[dataset_ids] + eps), 0.0)
   return adv, weights
 
 
@@ -186,17 +190,23 @@ def jax_functions(num_groups: int):
   from recal_jax import advantage  # pylint: disable=import-outside-toplevel
 
   cfg = advantage.method_config("recal")
-  w = cfg.component_weights
+  gdpo_cfg = advantage.method_config("gdpo")
+  w = cfg.weight_vector()
 
-  def recal(c, g, d, m, group_size="auto"):
-    out = advantage.recal_advantages(c, g, num_groups, d, DATASETS, m, config=cfg,
+  def recal(c, g, d, m, group_size=GROUP, config=cfg):
+    out = advantage.recal_advantages(c, g, num_groups, d, DATASETS, m, config=config,
                                      group_size=group_size)
     return out.advantages, out.weights
 
   def grpo(c, g, d, m):
     del d
     summed = w[0] * c[:, 0] + w[1] * c[:, 1] + w[2] * c[:, 2]
-    return advantage.grpo_advantages(summed, g, num_groups, m)
+    return advantage.grpo_advantages(summed, g, num_groups, m, group_size=GROUP)
+
+  def gdpo(c, g, d, m):
+    del d
+    return advantage.gdpo_advantages(c, g, num_groups, m, group_size=GROUP,
+                                     component_weights=gdpo_cfg.weight_vector())
 
   def floor(c, g, d, m):
     # Reads every input byte once, writes [N] advantages and [N] weights.
@@ -207,6 +217,8 @@ def jax_functions(num_groups: int):
       "recal": jax.jit(recal),
       "recal_general": jax.jit(lambda c, g, d, m: recal(c, g, d, m, None)),
       "grpo": jax.jit(grpo),
+      "gdpo": jax.jit(gdpo),
+      "recal_gdpo": jax.jit(lambda c, g, d, m: recal(c, g, d, m, config=gdpo_cfg)[0]),
       "floor": jax.jit(floor),
   }, cfg
 
@@ -272,7 +284,7 @@ def probe(n: int) -> dict:
   comps, gids, dids, mask, num_groups = make_batch(n)
   jfns, _ = jax_functions(num_groups)
   out = {}
-  for name in ("recal", "recal_general", "grpo", "floor"):
+  for name in ("recal", "recal_general", "grpo", "gdpo", "recal_gdpo", "floor"):
     compiled = jfns[name].lower(comps, gids, dids, mask).compile()
     text = compiled.as_text()
     rows = rf"\[{n}\]"
@@ -402,10 +414,12 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
       "(`repeat(arange(N/8), 8)`), 7 datasets (one per group), no padding. "
       "Steady time = median of "
       f"{args.repeats} calls after a warm-up call, methods interleaved "
-      "round-robin. `recal` = `recal_advantages(config=method_config('recal'))` "
-      "(every stage on, contiguous fast path taken automatically); "
-      "`recal_general` = same with `group_size=None` (scatter-add path); `grpo` "
-      "= `grpo_advantages` on the summed reward; `numpy` = the same ReCal "
+      "round-robin. `recal` = `recal_advantages(config=method_config('recal'), "
+      "group_size=8)` (every stage on, contiguous layout); "
+      "`recal_general` = same with `group_size=None` (any layout: scatter-adds); `grpo` "
+      "= `grpo_advantages(group_size=8)` on the summed reward; `gdpo` = "
+      "`gdpo_advantages(group_size=8)`; `recal_gdpo` = `recal_advantages(config="
+      "method_config('gdpo'), group_size=8)`; `numpy` = the same ReCal "
       "vectorised with np.bincount (float64 accumulation); `loop` = a Python "
       "loop over groups, numpy per group (only N <= "
       f"2^{args.loop_max_log2}); `floor` = a jitted copy that reads every input "
@@ -416,6 +430,12 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
       "compile + one run).")
   lines.append("")
   lines += timing_table(results)
+  lines.append("")
+  lines.append("Ratios within one run (steady times): " + "; ".join(
+      f"2^{int(np.log2(r['n']))}: recal / grpo {r['steady']['recal'] / r['steady']['grpo']:.2f}, "
+      f"recal_general / grpo {r['steady']['recal_general'] / r['steady']['grpo']:.2f}, "
+      f"recal_gdpo / gdpo {r['steady']['recal_gdpo'] / r['steady']['gdpo']:.2f}"
+      for r in results) + ".")
   lines.append("")
   lines.append("Growth with N: slope of log2(time) vs log2(N), least squares "
                "(1 = linear); small N is dominated by fixed per-call costs, so "
@@ -430,9 +450,8 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
                  f"{fmt_ratio(slope(*zip(*big)) if len(big) > 1 else float('nan'))} |")
   lines.append("")
   if ragged:
-    lines.append("Shuffled, ragged layout (group sizes 4..12, rows permuted; the "
-                 "fast path's run-time check fails, so `recal` runs the general "
-                 "path):")
+    lines.append("Shuffled, ragged layout (group sizes 4..12, rows permuted; "
+                 "`group_size=None`):")
     lines.append("")
     lines += timing_table(ragged)
     lines.append("")
@@ -446,8 +465,7 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
     lines.append(f"Compiled HLO at N = 2^{args.probe_log2}: XLA temporary arena, "
                  "loop fusions, fusions whose output is an [N]-row buffer "
                  "(materialised row arrays, outputs included), scatters, "
-                 "gathers. `recal` holds both branches of its run-time layout "
-                 "dispatch (fast and general), only one of which runs:")
+                 "gathers (one compiled path per call):")
     lines.append("")
     lines += ["| function | temp MiB | fusions | [N] buffers | scatters | gathers |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -455,7 +473,7 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
       lines.append(f"| {name} | {p['temp_MiB']:.1f} | {p['fusions']} | "
                    f"{p['row_buffers']} | {p['scatters']} | {p['gathers']} |")
     lines.append("")
-  lines.append("`recal` (fast path): minor page faults and kernel time per call "
+  lines.append("`recal` (contiguous layout): minor page faults and kernel time per call "
                "(getrusage over 3 calls; 4 KiB pages):")
   lines.append("")
   lines += ["| N | temp page faults / call | = MiB | kernel ms / call | steady ms |",
@@ -500,10 +518,10 @@ def main(argv=None) -> None:
   parser.add_argument("--malloc_probe", action=argparse.BooleanOptionalAction,
                       default=True)
   parser.add_argument("--malloc_log2", type=int, default=19)
-  parser.add_argument("--baseline_rev", default="a3f5507",
+  parser.add_argument("--baseline_rev", default="ebc1891",
                       help="git revision to time recal_advantages of at "
-                      "--probe_log2 (default: the last one before the segment "
-                      "reductions were optimised; empty: skip)")
+                      "--probe_log2 (default: the last one before issue 11's "
+                      "static layout; empty: skip)")
   parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True,
                       help="write the section of RESULTS.md")
   parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -530,7 +548,7 @@ def main(argv=None) -> None:
           + f"  (load {load_average()})", flush=True)
   for log2 in args.ragged_log2:
     r = bench_size(2**log2, args.repeats, 2**args.loop_max_log2, ragged=True,
-                   methods=("recal", "recal_general", "numpy", "floor"))
+                   methods=("recal_general", "numpy", "floor"))
     ragged.append(r)
     print(f"ragged N=2^{log2}: " + "  ".join(
         f"{k} {v * 1e3:.3f} ms" for k, v in r["steady"].items()), flush=True)

@@ -55,14 +55,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 'dr_grpo', 'rloo', 'gdpo', 'router_r1', 'recal_no_hierarchy',
   # 'recal_no_variance_weights', 'recal_no_dataset_norm') plus field
   # overrides of its `ReCalConfig` as JSON, e.g.
-  # --config.method_overrides='{"component_weights": [1, 1, 0.25]}'.
+  # --config.method_overrides='{"component_weights": {"cost": 0.25}}'.
   config.method = "recal"
   # Component weights (format, correctness, cost) set the accuracy / cost
   # trade-off. ReCal compares cost among correct rollouts after per-dataset
   # standardisation, so its cost advantage is scale-free: the library default
   # 0.5 buys a router ~10x cheaper than the best single arm but less accurate;
   # 0.2 one that is more accurate than it at ~40% of its cost.
-  config.method_overrides = '{"component_weights": [1.0, 1.0, 0.2]}'
+  config.method_overrides = '{"component_weights": {"format": 1.0, "correctness": 1.0, "cost": 0.2}}'
   # Cost reward = -cost_usd / cost_scale. With the per-call costs of the
   # synthetic table (up to ~1e-2 USD) this keeps the cost column in [-1, 0]
   # (it matters for the scalar-reward baselines: grpo, rloo, router_r1).

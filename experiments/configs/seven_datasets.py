@@ -39,7 +39,7 @@ def get_config():
   config.data.name = "llmrouter_seven"
   config.data.featurizer = "hashing"
   config.cost_scale = 1e-3  # per-call costs are 1e-5 .. 1.2e-3 USD
-  config.method_overrides = '{"component_weights": [1.0, 1.0, 0.2]}'
+  config.method_overrides = '{"component_weights": {"format": 1.0, "correctness": 1.0, "cost": 0.2}}'
   config.policy.hidden_dims = (128,)
   config.batch_size = 128
   config.group_size = 8
