@@ -186,8 +186,7 @@ def test_errors_name_the_problem():
   with pytest.raises(ValueError, match="holds names"):
     manager(prompts=prompts, completions=completions, **_fields(dataset_id=np.array(["a"] * 8)))
   with pytest.raises(ValueError, match="3 reward functions for the config's 2 components"):
-    two = advantage.method_config("recal", hierarchy=advantage.Hierarchy(
-        names=("a", "b"), parents=(-1, 0), thresholds=(0.5, None), fail_values=(0.0, 0.0)))
+    two = advantage.ReCalConfig(components=("a", "b"))
     bad = recal_tunix.TunixReCal(two, num_datasets=2, name="recal_err2").register()
     _manager(bad)(prompts=prompts, completions=completions, **_fields())
 

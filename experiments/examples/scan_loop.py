@@ -65,7 +65,7 @@ DEFAULT_CONFIG = dict(
     learning_rate=0.05,
     entropy_coef=0.02,  # keeps groups diverse (see experiments/configs/default.py)
     cost_scale=0.01,  # USD; keeps the cost component in about [-1, 0]
-    component_weights=(1.0, 1.0, 0.2),  # format, correctness, cost
+    component_weights={"format": 1.0, "correctness": 1.0, "cost": 0.2},
     running_decay=0.9,  # EMA of the per-dataset advantage statistics
 )
 
@@ -101,7 +101,7 @@ def load_table(config) -> tuple[Table, tuple[str, ...]]:
 
 def recal_config(config) -> advantage.ReCalConfig:
   return advantage.method_config(
-      "recal", component_weights=tuple(config["component_weights"]),
+      "recal", component_weights=dict(config["component_weights"]),
       dataset_norm="running", running_decay=config["running_decay"])
 
 

@@ -102,12 +102,7 @@ _KEEP = 16  # pending rewards / diagnostics kept, if a consumer never comes
 
 
 def _config_names(config: advantage.ReCalConfig) -> tuple[str, ...]:
-  names = getattr(config, "components", None)
-  if names:
-    return tuple(names)
-  if config.hierarchy is not None:
-    return tuple(config.hierarchy.names)
-  return ()
+  return tuple(config.components)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_generations", "num_datasets"))
@@ -233,7 +228,7 @@ class TunixReCal:
     """The manager's body: `{"rewards": [N, K] float64, "log_metrics": ...}`."""
     n, fns = len(prompts), manager.reward_fns
     names = _config_names(self.config)
-    if names and len(names) != len(fns):
+    if len(names) != len(fns):
       raise ValueError(f"{len(fns)} reward functions for the config's "
                        f"{len(names)} components {names}")
     algo_params = dataclasses.asdict(manager.algo_config)
@@ -306,8 +301,7 @@ class TunixReCal:
       if value.ndim == 0:
         out[f"{self.name}/{key}"] = (float(value), np.mean)
         continue
-      labels = datasets if key.startswith("dataset_") else (
-          names or tuple(str(k) for k in range(value.shape[0])))
+      labels = datasets if key.startswith("dataset_") else names
       for label, v in zip(labels, value.reshape(-1)):
         out[f"{self.name}/{key}/{label}"] = (float(v), np.mean)
     return out
