@@ -25,14 +25,14 @@ Run (CPU; no files, no network):
   python -m experiments.examples.scan_loop
   python -m experiments.examples.scan_loop --num_seeds=2 --num_steps=100
 
-Measured on the shared 2 cores under a load average of ~10 (2026-12-01): the
-default (4 seeds x 300 updates x 64 queries x 8 routes) took 53 s for
-compile + run, 67 s wall with imports; the 300 updates themselves run in
-about 1 s, the rest is XLA compilation of the scan body. With
-`JAX_COMPILATION_CACHE_DIR` set, a second run compiles in ~7 s. Printed
-(seeds 0-3): validation accuracy 0.749-0.772 at 2.2-2.8 USD / 1k queries,
-against the best single arm's 0.757 at 6.0, a random router's 0.533 and the
-oracle's 0.944.
+Measured on the shared 2 cores under a load average of ~10 (2026-12-01,
+`python -m experiments.examples.scan_loop`): the default (4 seeds x 300
+updates x 64 queries x 8 routes) compiles in 41 s and runs in 0.9 s, 53 s
+wall with imports; almost all of it is XLA compilation of the scan body.
+With `JAX_COMPILATION_CACHE_DIR` set, a second run compiles in ~7 s.
+Printed (seeds 0-3): validation accuracy 0.755-0.776 at 2.2-2.5 USD / 1k
+queries, against the best single arm's 0.757 at 6.0, a random router's
+0.533 and the oracle's 0.944.
 
 It prints, per seed, the greedy policy's validation accuracy and cost next
 to the best single arm (chosen on the training split), a uniformly random
