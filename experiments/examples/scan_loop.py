@@ -18,7 +18,7 @@ The whole training run is one function of a PRNG key (purejaxrl's
 
 Only the public core (`advantage`, `calibration`, `losses`) and the data
 package are used: the trainer (`recal_jax.train`) is not imported. Training
-S seeds is `jax.jit(jax.vmap(make_train(config)))(keys)`: one dispatch.
+S seeds is `jax.jit(jax.vmap(make_train(config, table)))(keys)`: one dispatch.
 
 Run (CPU; no files, no network):
 
@@ -36,7 +36,8 @@ queries, against the best single arm's 0.757 at 6.0, a random router's
 
 It prints, per seed, the greedy policy's validation accuracy and cost next
 to the best single arm (chosen on the training split), a uniformly random
-router and the per-query oracle, and the wall time of the one dispatch.
+router and the per-query oracle, and the compile and run times of the one
+dispatch.
 """
 
 from __future__ import annotations
