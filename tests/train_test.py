@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from unittest import mock
@@ -390,6 +391,23 @@ class ConfigChecksTest(absltest.TestCase):
 
 
 class ExperimentMainTest(absltest.TestCase):
+
+  def test_default_output_is_a_few_short_lines(self):
+    """No config dump, no TPU-probe or Orbax INFO lines, lines < 200 chars."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # probes TPU
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--config={quick.__file__}",
+         f"--workdir={_tempdir(self)}", "--config.num_train_steps=8",
+         "--config.data.num_queries=300", "--config.log_every_steps=4",
+         "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"],
+        cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
+    self.assertLessEqual(len(lines), 25, "\n".join(lines))
+    self.assertEqual([l for l in lines if len(l) >= 200], [])
+    for noise in ("Unable to initialize backend", "orbax", "Config:", "checkpoint_manager"):
+      self.assertFalse([l for l in lines if noise in l], noise)
+    self.assertTrue(any("step 8 train: reward=" in l for l in lines), "\n".join(lines))
 
   def test_quick_config_through_main(self):
     from experiments import train as train_main  # pylint: disable=import-outside-toplevel

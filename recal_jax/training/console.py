@@ -106,7 +106,8 @@ def logs_through_tqdm():
   """absl log lines go through `tqdm.write` while the block runs."""
   handler = logging.get_absl_handler().python_handler
   previous = handler.stream
-  handler.stream = _TqdmStream(previous)
+  if not isinstance(previous, _TqdmStream):  # nested: already redirected
+    handler.stream = _TqdmStream(previous)
   try:
     yield
   finally:
