@@ -252,12 +252,17 @@ def main(argv):
   del argv
   from recal_jax import advantage, evaluate, train  # pylint: disable=import-outside-toplevel
   from recal_jax.training import console  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   if FLAGS.num_train_steps:
     config.num_train_steps = FLAGS.num_train_steps
   for method in FLAGS.methods:
     advantage.method_config(method)  # fail fast on a typo
   os.makedirs(FLAGS.workdir, exist_ok=True)
+  # Seeds of a method share their compiled programs (the seed is an argument):
+  # a persistent cache in the work dir compiles each (method, input shape) once.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   base = train.load_data(config)
   tables = {"features": base, "features+dataset_id": with_dataset_id(base)}
   runs: dict[str, list] = {}

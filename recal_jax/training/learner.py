@@ -284,19 +284,21 @@ def make_step_functions(policy, tx, method, config, *, table: rollout_lib.Device
     return jax.tree.map(
         lambda x: jax.lax.with_sharding_constraint(x, batch_sharding), tree)
 
-  # The table is an argument, not a closed-over constant: constants are
-  # embedded in the compiled program (slow to compile for large tables).
+  # The table and the rollout key are arguments, not closed-over constants:
+  # constants are embedded in the compiled program (slow to compile for large
+  # tables), and runs that differ only in the seed share one program (hits of
+  # a persistent compilation cache, e.g. the seeds of `experiments.compare`).
   def train_step(state: TrainState, device_table: rollout_lib.DeviceTable,
-                 query_indices: jax.Array):
-    rng = jax.random.fold_in(rollout_key, state.step)
+                 key: jax.Array, query_indices: jax.Array):
+    rng = jax.random.fold_in(key, state.step)
     batch = rollout_lib.sample_rollouts(
         policy, state.params, device_table, query_indices, rng,
         group_size=group_size, cost_scale=cost_scale)
     return learn(state, shard_batch(batch))
 
   def train_chunk(state: TrainState, device_table: rollout_lib.DeviceTable,
-                  query_indices: jax.Array):
-    return jax.lax.scan(lambda state, indices: train_step(state, device_table, indices),
+                  key: jax.Array, query_indices: jax.Array):
+    return jax.lax.scan(lambda state, indices: train_step(state, device_table, key, indices),
                         state, query_indices)
 
   state_and_metrics = (replicated, replicated)
@@ -307,8 +309,10 @@ def make_step_functions(policy, tx, method, config, *, table: rollout_lib.Device
     return learn(state, shard_batch(batch))
 
   return StepFunctions(
-      train_step=lambda state, query_indices: jitted_step(state, table, query_indices),
-      train_chunk=lambda state, query_indices: jitted_chunk(state, table, query_indices),
+      train_step=lambda state, query_indices: jitted_step(
+          state, table, rollout_key, query_indices),
+      train_chunk=lambda state, query_indices: jitted_chunk(
+          state, table, rollout_key, query_indices),
       sample_step=jax.jit(lambda params, features, rng: rollout_lib.sample_routes(
           policy, params, features, rng, group_size)),
       assemble_step=jax.jit(functools.partial(
