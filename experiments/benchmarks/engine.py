@@ -108,6 +108,8 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=25)
   parser.add_argument("--baseline_tree", default="",
                       help="a checkout of the code before the engine change")
+  parser.add_argument("--main_job", action=argparse.BooleanOptionalAction, default=True,
+                      help="time the main job (--no-main_job: only the step throughput)")
   parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
   args = parser.parse_args(argv)
   command = common.command_line("experiments.benchmarks.engine", argv)
@@ -117,12 +119,13 @@ def main(argv=None) -> None:
   trees = [("this tree", REPO)] + ([("baseline", args.baseline_tree)]
                                    if args.baseline_tree else [])
   wall = {name: [] for name, _ in trees}
-  for _ in range(args.repeats):
+  for _ in range(args.repeats if args.main_job else 0):
     for name, tree in trees:
       wall[name].append(time_main_job(tree))
   job_rows = [[name, f"{statistics.median(t):.1f} s", ", ".join(f"{x:.1f}" for x in t)]
-              for name, t in wall.items()]
-  job_md = common.markdown_table(["code", "median wall time", "runs (s)"], job_rows)
+              for name, t in wall.items() if t]
+  job_md = (common.markdown_table(["code", "median wall time", "runs (s)"], job_rows)
+            if job_rows else "(not run: --no-main_job)")
 
   steps = time_steps(args.steps, args.repeats)
   step_rows = [
