@@ -27,12 +27,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 
 from absl import flags
 from absl import logging
 import numpy as np
 from ml_collections import config_flags
+import tqdm
 
 FLAGS = flags.FLAGS
 
@@ -112,7 +114,7 @@ def run_rl(method, table, seed, config, workdir):
   config.seed = seed
   config.num_devices = 1
   start = time.time()
-  final = train.train_and_evaluate(config, workdir, table=table)
+  final = train.train_and_evaluate(config, workdir, table=table, show_progress=False)
   records = metrics_writer.read_metrics(workdir)
   curves = {k: [(r["step"], r[k]) for r in records if k in r]
             for k in ("train/rollout/reward", "train/rollout/accuracy", "train/grad_norm",
@@ -219,19 +221,8 @@ def plot(runs, summary, table, workdir):
   plt.close(fig)
 
 
-def main(argv):
-  del argv
-  from recal_jax import advantage, evaluate, train  # pylint: disable=import-outside-toplevel
-  config = FLAGS.config
-  if FLAGS.num_train_steps:
-    config.num_train_steps = FLAGS.num_train_steps
-  for method in FLAGS.methods:
-    advantage.method_config(method)  # fail fast on a typo
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  base = train.load_data(config)
-  tables = {"features": base, "features+dataset_id": with_dataset_id(base)}
-  runs: dict[str, list] = {}
-  started = time.time()
+def run_all(tables, runs, bar, config, started):
+  """Every seed x variant x (non-RL baselines, RL methods); fills `runs`."""
   for seed in range(FLAGS.seeds):
     for variant in FLAGS.variants:
       table, suffix = tables[variant], VARIANT_SUFFIX[variant]
@@ -244,7 +235,43 @@ def main(argv):
         workdir = os.path.join(FLAGS.workdir, "runs", f"{method}{suffix.replace(' +', '_')}",
                                f"seed{seed}")
         logging.info("[%.0fs] %s%s seed %d", time.time() - started, method, suffix, seed)
-        runs.setdefault(method + suffix, []).append(run_rl(method, table, seed, config, workdir))
+        quiet = logging.get_verbosity() < 1  # each run's own lines: --verbosity=1
+        previous = logging.get_verbosity()
+        if quiet:
+          logging.set_verbosity(logging.WARNING)
+        try:
+          result = run_rl(method, table, seed, config, workdir)
+        finally:
+          logging.set_verbosity(previous)
+        runs.setdefault(method + suffix, []).append(result)
+        bar.update(1)
+
+
+def main(argv):
+  del argv
+  from recal_jax import advantage, evaluate, train  # pylint: disable=import-outside-toplevel
+  from recal_jax.training import console  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
+  if FLAGS.num_train_steps:
+    config.num_train_steps = FLAGS.num_train_steps
+  for method in FLAGS.methods:
+    advantage.method_config(method)  # fail fast on a typo
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  # Seeds of a method share their compiled programs (the seed is an argument):
+  # a persistent cache in the work dir compiles each (method, input shape) once.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  base = train.load_data(config)
+  tables = {"features": base, "features+dataset_id": with_dataset_id(base)}
+  runs: dict[str, list] = {}
+  started = time.time()
+  # One bar over all RL runs (each run's own bar is off); ETA from runs done.
+  bar = tqdm.tqdm(total=FLAGS.seeds * len(FLAGS.variants) * len(FLAGS.methods),
+                  desc="compare", unit="run", disable=not sys.stderr.isatty())
+  with console.logs_through_tqdm():
+    run_all(tables, runs, bar, config, started)
+  bar.close()
   test = base.subset("test")
   oracle = split_metrics(test, evaluate.oracle_choices(test))
   runs["oracle (bound)"] = [{"test": oracle, "validation": split_metrics(

@@ -58,7 +58,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_HideOrbaxInfo())
   config = cli.load_config()
   cli.validate_config(config)
-  logging.info("Config:\n%s", config)
+  logging.vlog(1, "Config:\n%s", config)  # the full record is workdir/config.json
   try:
     final = train.train_and_evaluate(config, FLAGS.workdir)
   except train.Preempted as e:

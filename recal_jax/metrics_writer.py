@@ -1,19 +1,18 @@
-"""Where training metrics go: absl logging, `metrics.jsonl`, TensorBoard, a TTY bar.
+"""Where training metrics go: `metrics.jsonl`, TensorBoard, detailed logs.
 
 `MetricsWriter(workdir)` writes every scalar it is given to
 
-  * absl logging (one INFO line per call),
+  * absl logging at verbosity 1 (`--verbosity=1`; the default console shows
+    the short lines of `training.console`),
   * `workdir/metrics.jsonl`, one JSON object per call: {"step": s, name: value,
-    ...}; appended, so a resumed run continues the same file (a step logged
-    before a crash and again after the restart appears twice: keep the last),
+    ...}; appended, so a resumed run continues the same file. A resumed run
+    first drops the records after the step it resumes from (`drop_after`), so
+    steps re-run after a kill appear once,
   * TensorBoard event files in `workdir/tensorboard` via tensorboardX (no
     TensorFlow needed): `tensorboard --logdir workdir/tensorboard`.
 
 Only process 0 writes (`enabled=jax.process_index() == 0`), so a multi-host
 run has one copy.
-
-`ProgressBar` prints `step / total, steps/s, ETA` on one line, only when stdout
-is a terminal (never into log files or CI output).
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
 from typing import Mapping
 
 from absl import logging
@@ -67,7 +64,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     scalars = flatten_scalars(scalars)
-    logging.info("step %d: %s", step, ", ".join(
+    logging.vlog(1, "step %d: %s", step, ", ".join(
         f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
     record = {"step": int(step)}
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()})
@@ -76,6 +73,30 @@ class MetricsWriter:
     if self._summary_writer is not None:
       for name, value in scalars.items():
         self._summary_writer.add_scalar(name, value, global_step=int(step))
+
+  def drop_after(self, step: int) -> None:
+    """Removes the `metrics.jsonl` records of steps after `step` (atomically).
+
+    A run killed after its last checkpoint logged steps that the resumed run
+    computes again; without this they would be listed twice.
+    """
+    if not self.enabled or not os.path.exists(self.jsonl_path):
+      return
+    with open(self.jsonl_path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # the line a kill cut short
+      if record.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+      tmp = self.jsonl_path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.jsonl_path)
 
   def write_text(self, step: int, name: str, text: str) -> None:
     if self.enabled and self._summary_writer is not None:
@@ -98,53 +119,3 @@ def read_metrics(workdir: str) -> list[dict]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def _format_seconds(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
-class ProgressBar:
-  """A one-line `step/total [####....] steps/s ETA` bar, only on a TTY."""
-
-  def __init__(self, total: int, initial: int = 0, *, stream=None,
-               width: int = 30, enabled: bool | None = None,
-               min_interval_s: float = 0.2):
-    self.total = max(int(total), 1)
-    self.stream = stream if stream is not None else sys.stdout
-    if enabled is None:
-      enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self.enabled = enabled
-    self.width = width
-    self.min_interval_s = min_interval_s
-    self._start_step = initial
-    self._start_time = time.perf_counter()
-    self._last_draw = 0.0
-
-  def update(self, step: int, suffix: str = "") -> None:
-    if not self.enabled:
-      return
-    now = time.perf_counter()
-    if now - self._last_draw < self.min_interval_s and step < self.total:
-      return
-    self._last_draw = now
-    elapsed = now - self._start_time
-    done = step - self._start_step
-    rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
-    eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
-    filled = int(self.width * min(step, self.total) / self.total)
-    bar = "#" * filled + "." * (self.width - filled)
-    line = (f"\r{step}/{self.total} [{bar}] "
-            f"{rate:.1f} steps/s ETA {_format_seconds(eta)} {suffix}")
-    self.stream.write(line[:200])
-    self.stream.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self.stream.write("\n")
-      self.stream.flush()

@@ -138,7 +138,6 @@ class Router:
         such checkpoint.
       ValueError: featurizer mismatch or a damaged work dir.
     """
-    from recal_jax import train as train_lib  # pylint: disable=import-outside-toplevel
     workdir = os.path.abspath(workdir)
     for name in ("config.json", "table.json"):
       if not os.path.exists(os.path.join(workdir, name)):
@@ -153,15 +152,11 @@ class Router:
     arms = [name.rsplit("|", 1) for name in description["arms"]]
     arm_table = _ArmTable(tuple(m for m, _ in arms), tuple(s for _, s in arms))
     policy = policies.make_policy(config.policy, arm_table)
-    tx = train_lib.make_optimizer(config)
-    # Jitted: building the restore target op by op takes seconds.
-    target = jax.jit(functools.partial(
-        train_lib.init_state, policy, tx, feature_dim=int(description["feature_dim"]),
-        num_datasets=len(description["datasets"])))(jax.random.key(0))
-    checkpointer = checkpointing.Checkpointer(workdir)
+    # The params are their own checkpoint item: no train state or optimizer.
+    checkpointer = checkpointing.Checkpointer(workdir, best_metric=config.get("best_metric"))
     try:
-      step, best = cls._checkpoint_step(checkpointer, checkpoint)
-      state = checkpointer.restore(step, target, best=best)
+      step = cls._checkpoint_step(checkpointer, checkpoint)
+      params = checkpointer.restore_params(step)
     finally:
       checkpointer.close()
     outcome = outcome_lib.load(workdir)
@@ -174,30 +169,30 @@ class Router:
       from recal_jax.data import features as features_lib  # pylint: disable=import-outside-toplevel
       text_featurizer = features_lib.make_featurizer(
           recorded, dataset_names=description["datasets"])  # for '...+dataset_id' routers
-    return cls(policy, state.params, outcome, description, config,
+    return cls(policy, params, outcome, description, config,
                featurizer=text_featurizer, step=step)
 
   @staticmethod
   def _checkpoint_step(checkpointer: checkpointing.Checkpointer,
-                       checkpoint: str | int) -> tuple[int, bool]:
-    """(step, from best/) of the requested checkpoint; only complete saves count."""
+                       checkpoint: str | int) -> int:
+    """The step of the requested checkpoint; only complete saves count."""
     workdir = checkpointer.workdir
     if checkpoint == "best":
-      record = checkpointer.best_record()
-      if record is None:
-        raise FileNotFoundError(f"{workdir} has no best checkpoint "
-                                f"(best/{checkpointing.BEST_RECORD} is missing)")
-      return int(record["step"]), True
+      step = checkpointer.best_step()
+      if step is None:
+        raise FileNotFoundError(f"{workdir} has no checkpoint saved with validation "
+                                f"metrics (no best checkpoint)")
+      return step
     steps = checkpointer.complete_steps()
     if checkpoint == "latest":
       if not steps:
         raise FileNotFoundError(f"{workdir} has no complete checkpoint in "
                                 f"{os.path.join(workdir, 'checkpoints')}")
-      return steps[-1], False
+      return steps[-1]
     step = int(checkpoint)
     if step not in steps:
       raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; saved steps: {steps}")
-    return step, False
+    return step
 
   # ------------------------------------------------------------ routing
   def featurize(self, texts_or_features, datasets=None) -> np.ndarray:

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -240,14 +241,16 @@ def test_sigkill_at_random_step_then_rerun_equals_uninterrupted_run(
                                          resume_step - 3 * CHECKPOINT_EVERY)
   if deleted is not None:
     assert _complete_steps(workdir)[-1] == resume_step
-  records_before = len(_train_records(workdir))
+  # Records of steps after the checkpoint are dropped on resume (re-run once).
+  records_before = len([r for r in _train_records(workdir) if r["step"] <= resume_step])
 
   code, _, err = _finish(_start(workdir, run_env, "rerun"))
   assert code == 0, f"{context}: {err[-3000:]}"
   assert f"Resumed from step {resume_step}" in err, context
+  all_steps = [r["step"] for r in _train_records(workdir)]
+  assert all_steps == list(range(1, NUM_STEPS + 1)), f"{context}: steps logged {all_steps}"
   new_records = _train_records(workdir)[records_before:]
   assert new_records[0]["step"] == resume_step + 1, context
-  assert [r["step"] for r in new_records] == list(range(resume_step + 1, NUM_STEPS + 1))
   assert not os.path.exists(partial), f"{context}: the half-written save was kept"
   assert not glob.glob(os.path.join(workdir, "*", f"*{PARTIAL}*")), context
   _assert_same_state(workdir, reference_run, NUM_STEPS, context)
@@ -307,13 +310,13 @@ def _state(value):
 
 @pytest.fixture
 def saved(tmp_path):
-  """A workdir with complete checkpoints 0, 10, 20 (and a best at 10)."""
+  """A workdir with complete checkpoints 0, 10, 20 (10 evaluated: the best)."""
   workdir = str(tmp_path / "workdir")
   checkpointer = checkpointing.Checkpointer(workdir, config_json={},
-                                            table_description={"fingerprint": "x"})
+                                            table_description={"fingerprint": "x"},
+                                            best_metric="validation/reward")
   for step in (0, 10, 20):
-    checkpointer.save(step, _state(step))
-  checkpointer.save_best(10, _state(10), "validation/reward", 0.5)
+    checkpointer.save(step, _state(step), {"validation/reward": 0.5} if step == 10 else None)
   checkpointer.close()
   return workdir
 
@@ -397,25 +400,53 @@ def test_no_restorable_checkpoint_is_an_error_not_a_fresh_start(saved):
   assert sorted(os.listdir(os.path.join(saved, "checkpoints"))) == ["0", "10", "20"]
 
 
-def test_best_record_always_names_a_checkpoint_on_disk(saved):
-  """A kill between committing a new best and rewriting best.json leaves
-  best.json naming the previous best, which is still on disk; a best.json
-  naming a missing step is ignored (the next evaluation saves a new best)."""
-  checkpointer = checkpointing.Checkpointer(saved)
-  # The commit half of save_best(20, ...), then the "kill".
-  args = checkpointer._args(_state(20))  # pylint: disable=protected-access
-  checkpointer.best_manager.save(20, args=args, force=True)
-  checkpointer.best_manager.wait_until_finished()
-  assert checkpointer.best_record()["step"] == 10
-  assert int(checkpointer.restore_best(_state(0))["step"]) == 10
-  checkpointer.save_best(30, _state(30), "validation/reward", 0.7)
-  assert sorted(checkpointer.best_manager.all_steps()) == [20, 30]
-  assert int(checkpointer.restore_best(_state(0))["step"]) == 30
+def test_latest_n_plus_best_n_by_orbax_preservation_policies(tmp_path):
+  """One manager keeps the latest N plus the best N by the validation metric
+  (ties: the earlier step); the best is always a complete checkpoint on disk:
+  a damaged best falls back to the next best."""
+  workdir = str(tmp_path / "workdir")
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=2, best_to_keep=1,
+                                            best_metric="validation/reward")
+  values = {0: 0.1, 10: 0.9, 20: 0.3, 30: 0.9, 40: 0.2, 50: 0.5, 60: None}
+  for step, value in values.items():
+    checkpointer.save(step, _state(step),
+                      None if value is None else {"validation/reward": value})
+  assert checkpointer.complete_steps() == [10, 50, 60]
+  assert checkpointer.best_step() == 10 and checkpointer.best_value() == 0.9
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "_deleting"))
   checkpointer.close()
-  shutil.rmtree(os.path.join(saved, "best", "30"))
-  checkpointer = checkpointing.Checkpointer(saved)
-  assert checkpointer.best_record() is None
+  os.remove(os.path.join(workdir, "checkpoints", "10", checkpointing.COMMIT_MARKER))
+  checkpointer = checkpointing.Checkpointer(workdir, best_metric="validation/reward")
+  assert checkpointer.best_step() == 50
   checkpointer.close()
+
+
+def test_deletion_renames_before_it_deletes(tmp_path):
+  """An old step is renamed into checkpoints/_deleting/ (atomic) before it is
+  deleted: what a kill during the delete leaves there is never listed as a
+  step, and the trainer's next Checkpointer removes it."""
+  workdir = str(tmp_path / "workdir")
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=1)
+  checkpointer.save(0, _state(0))
+  deleting = os.path.join(workdir, "checkpoints", "_deleting")
+  # Orbax renames step 0 away when step 10 is saved: spy on the delete.
+  renamed = []
+  original = shutil.rmtree
+  with mock.patch.object(shutil, "rmtree", lambda path, **kw: (
+      renamed.extend(os.listdir(path)), original(path, **kw))):
+    checkpointer.save(10, _state(10))
+  assert renamed == ["0"] and not os.path.exists(os.path.join(workdir, "checkpoints", "0"))
+  checkpointer.close()
+  # A kill after the rename, during the recursive delete.
+  leftover = os.path.join(deleting, "0")
+  shutil.copytree(os.path.join(workdir, "checkpoints", "10"), leftover)
+  os.remove(os.path.join(leftover, checkpointing.COMMIT_MARKER))
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=1)
+  assert sorted(checkpointer.manager.all_steps()) == [10]
+  assert _restored_step(checkpointer) == 10
+  checkpointer.close()
+  checkpointing.Checkpointer(workdir, cleanup_partial_saves=True).close()
+  assert not os.path.exists(leftover)
 
 
 # ------------------------------------------------------------ bad numbers

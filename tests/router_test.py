@@ -1,5 +1,6 @@
 """Router.load / Router.route and the experiments.route command line."""
 
+import glob
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 
 from experiments import route as route_cli
 from experiments.configs import quick
+from recal_jax import checkpointing
 from recal_jax import evaluate
 from recal_jax import outcome_model
 from recal_jax import router as router_lib
@@ -44,10 +46,13 @@ def test_same_decisions_as_evaluation(trained):
   greedy = jax.jit(lambda p, f: router.policy.greedy(p, f).arm_indices)(
       router.params, validation.features)
   np.testing.assert_array_equal(result.arm_index, np.asarray(greedy))
-  best = json.load(open(os.path.join(workdir, "best", "best.json")))
+  checkpointer = checkpointing.Checkpointer(workdir, best_metric=quick.get_config().best_metric)
+  best = checkpointer.evaluated_steps()[checkpointer.best_step()]  # Orbax's saved metrics
+  checkpointer.close()
+  assert router.step == best["step"]
   metrics = evaluate.route_metrics(validation, result.arm_index)
-  assert metrics["accuracy"] == pytest.approx(best["metrics"]["validation/accuracy"], abs=1e-9)
-  assert metrics["cost"] == pytest.approx(best["metrics"]["validation/cost"], rel=1e-6)
+  assert metrics["accuracy"] == pytest.approx(best["validation/accuracy"], abs=1e-9)
+  assert metrics["cost"] == pytest.approx(best["validation/cost"], rel=1e-6)
   # Texts are featurised exactly like the training data.
   from_text = router.route(list(validation.texts))
   np.testing.assert_array_equal(from_text.arm_index, result.arm_index)
@@ -75,6 +80,18 @@ def test_budget_and_cost_weight(trained):
     router.route(features, budget=-1.0)
 
 
+def test_load_restores_params_without_the_trainer(trained):
+  """Router.load reads the params item alone: no trainer, optimizer or state."""
+  workdir, _ = trained
+  code = ("import sys; from recal_jax import router; r = router.Router.load(sys.argv[1]); "
+          "bad = [m for m in sys.modules if m.startswith(('recal_jax.train', 'optax'))]; "
+          "assert not bad, bad; print(r.step)")
+  out = subprocess.run([sys.executable, "-c", code, workdir], cwd=REPO, capture_output=True,
+                       text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert int(out.stdout.split()[-1]) == router_lib.Router.load(workdir).step
+
+
 def test_latest_and_step_checkpoints(trained):
   workdir, _ = trained
   assert router_lib.Router.load(workdir, checkpoint="latest").step == 30
@@ -94,7 +111,8 @@ def test_clear_errors(trained, tmp_path):
     router.route(np.zeros((3, 7), np.float32))
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
-  shutil.rmtree(os.path.join(copy, "best"))
+  for metrics in glob.glob(os.path.join(copy, "checkpoints", "*", "metrics")):
+    shutil.rmtree(metrics)  # no checkpoint with validation metrics: none is "best"
   with pytest.raises(FileNotFoundError, match="no best checkpoint"):
     router_lib.Router.load(copy)
   os.remove(os.path.join(copy, outcome_model.FILENAME))

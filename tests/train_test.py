@@ -1,8 +1,11 @@
 """Tests for recal_jax.train and experiments/train.py (end to end, small)."""
 
 import glob
+import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from unittest import mock
@@ -243,7 +246,168 @@ class NonFiniteTest(absltest.TestCase):
     self.assertTrue(all(np.isfinite(x).all() for x in jax.tree.leaves(params)))
 
 
+def _digest(params):
+  """sha256 (16 hex digits) of the leaves' bytes, in key-path order."""
+  h = hashlib.sha256()
+  for _, leaf in sorted(jax.tree_util.tree_leaves_with_path(params),
+                        key=lambda kv: jax.tree_util.keystr(kv[0])):
+    h.update(np.asarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _fused_config(steps=12, updates=1, log_every=4):
+  config = small_config(steps=steps)
+  config.num_updates_per_batch = updates
+  config.num_devices = 1
+  config.log_every_steps = log_every
+  config.eval_every_steps = 6
+  config.checkpoint_every_steps = 6
+  return config
+
+
+class FusedStepsTest(absltest.TestCase):
+  """Chunks of steps under lax.scan compute what the per-step loop computed."""
+
+  # Recorded with the per-step loop of main ebc1891 (one dispatch per step,
+  # Python-unrolled updates): params after 12 steps of `_fused_config()`.
+  RECORDED_DIGEST = "291963489b56d2d0"
+  # Same, with num_updates_per_batch=2: (sum, sum of |x|) of each leaf.
+  RECORDED_TWO_UPDATES = {
+      "['params']['arm_bias']": (0.08457202464342117, 0.5136213228106499),
+      "['params']['arm_embeddings']": (-0.2171411103772698, 5.841217507651891),
+      "['params']['query_encoder']['dense_0']['bias']": (1.0493902158923447,
+                                                         1.5103731504641473),
+      "['params']['query_encoder']['dense_0']['kernel']": (-0.08493947703391314,
+                                                           109.7067320193164),
+      "['params']['query_encoder']['input_norm']['bias']": (-0.027101668994873762,
+                                                            0.746042734477669),
+      "['params']['query_encoder']['input_norm']['scale']": (16.70148593187332,
+                                                             16.70148593187332),
+      "['params']['query_projection']['bias']": (0.08794321119785309, 0.9040649905800819),
+      "['params']['query_projection']['kernel']": (-0.07569955315557308, 82.04916355040041),
+  }
+
+  def test_chunks_are_bitwise_the_recorded_per_step_run(self):
+    chunked = _tempdir(self)
+    train.train_and_evaluate(_fused_config(log_every=6), chunked, table=small_table())
+    self.assertEqual(_digest(_params_at(chunked, 12)), self.RECORDED_DIGEST)
+    # Other chunk boundaries (chunks of 2): the same bits.
+    pairs = _tempdir(self)
+    train.train_and_evaluate(_fused_config(log_every=2), pairs, table=small_table())
+    self.assertEqual(_digest(_params_at(pairs, 12)), self.RECORDED_DIGEST)
+
+  def test_updates_per_batch_scan_matches_the_recorded_unrolled_updates(self):
+    """A rolled lax.scan may round differently from the unrolled loop: to 1e-5."""
+    workdir = _tempdir(self)
+    train.train_and_evaluate(_fused_config(updates=2), workdir, table=small_table())
+    params = _params_at(workdir, 12)
+    got = {jax.tree_util.keystr(path): (np.asarray(x, np.float64).sum(),
+                                        np.abs(np.asarray(x, np.float64)).sum())
+           for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    self.assertEqual(got.keys(), self.RECORDED_TWO_UPDATES.keys())
+    for name, want in self.RECORDED_TWO_UPDATES.items():
+      np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+  def test_one_dispatch_per_chunk(self):
+    """The loop dispatches the chunk function once per logging window."""
+    calls = []
+    original = train.make_step_functions
+
+    def counting(*args, **kwargs):
+      fns = original(*args, **kwargs)
+      chunk, step = fns.train_chunk, fns.train_step
+      fns.train_chunk = lambda state, idx: (calls.append(idx.shape), chunk(state, idx))[1]
+      fns.train_step = lambda *a: self.fail("per-step dispatch")
+      del step
+      return fns
+
+    with mock.patch("recal_jax.training.learner.make_step_functions", counting):
+      train.train_and_evaluate(_fused_config(log_every=6), _tempdir(self),
+                               table=small_table())
+    self.assertEqual(calls, [(6, 32), (6, 32)])
+
+
+class WorkdirRecordTest(absltest.TestCase):
+  """Resuming checks the config; metrics.jsonl lists each step once."""
+
+  def test_resume_with_another_method_is_refused_naming_the_field(self):
+    workdir = _tempdir(self)
+    train.train_and_evaluate(_fused_config(steps=6), workdir, table=small_table())
+    config_json = os.path.join(workdir, "config.json")
+    before = open(config_json).read()
+    other = _fused_config(steps=12)
+    other.method = "grpo"
+    with self.assertRaisesRegex(train.WorkdirConflictError,
+                                r"method: 'recal' -> 'grpo'.*override_saved_config"):
+      train.train_and_evaluate(other, workdir, table=small_table())
+    self.assertEqual(open(config_json).read(), before)
+    other.override_saved_config = True
+    result = train.train_and_evaluate(other, workdir, table=small_table())
+    self.assertEqual(result["step"], 12)
+    self.assertEqual(json.load(open(config_json))["method"], "grpo")
+    self.assertEqual(open(os.path.join(workdir, "config.6.json")).read(), before)
+
+  def test_steps_rerun_after_a_kill_are_logged_once(self):
+    workdir = _tempdir(self)
+    train.train_and_evaluate(_fused_config(steps=12, log_every=2), workdir,
+                             table=small_table())
+    # A kill after steps 7-12 were logged but before checkpoint 12 committed.
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
+    os.remove(os.path.join(workdir, "final_metrics.json"))
+    before = metrics_writer.read_metrics(workdir)
+    train.train_and_evaluate(_fused_config(steps=12, log_every=2), workdir,
+                             table=small_table())
+    records = metrics_writer.read_metrics(workdir)
+    train_steps = [r["step"] for r in records if "train/loss/loss" in r]
+    self.assertEqual(train_steps, [2, 4, 6, 8, 10, 12])
+    self.assertEqual([r for r in records if r["step"] <= 6],
+                     [r for r in before if r["step"] <= 6])
+
+
+class ConfigChecksTest(absltest.TestCase):
+
+  def test_negative_num_train_steps_is_an_error(self):
+    config = _fused_config()
+    config.num_train_steps = -5
+    with self.assertRaisesRegex(train.ConfigError, r"num_train_steps must be >= 0, got -5"):
+      train.train_and_evaluate(config, _tempdir(self), table=small_table())
+
+  def test_batch_larger_than_the_train_split_warns(self):
+    table = synthetic.make_synthetic(60, seed=3, feature_dim=16)
+    config = _fused_config(steps=2, log_every=2)
+    config.batch_size = 64
+    with self.assertLogs(level="WARNING") as logs:
+      train.train_and_evaluate(config, _tempdir(self), table=table)
+    self.assertTrue(any("batch_size=64 is larger than the" in line for line in logs.output))
+
+  def test_untrained_best_checkpoint_is_named_in_the_table(self):
+    config = _fused_config(steps=6)
+    config.learning_rate = 0.0  # no step beats step 0: the earliest best is kept
+    result = train.train_and_evaluate(config, _tempdir(self), table=small_table())
+    self.assertEqual(result["best_step"], 0)
+    self.assertIn("UNTRAINED router", train.comparison_rows(result)[0]["policy"])
+    result["best_step"] = 6
+    self.assertEqual(train.comparison_rows(result)[0]["policy"], "trained router")
+
+
 class ExperimentMainTest(absltest.TestCase):
+
+  def test_default_output_is_a_few_short_lines(self):
+    """No config dump, no TPU-probe or Orbax INFO lines, lines < 200 chars."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # probes TPU
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--config={quick.__file__}",
+         f"--workdir={_tempdir(self)}", "--config.num_train_steps=8",
+         "--config.data.num_queries=300", "--config.log_every_steps=4",
+         "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"],
+        cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
+    self.assertLessEqual(len(lines), 25, "\n".join(lines))
+    self.assertEqual([l for l in lines if len(l) >= 200], [])
+    for noise in ("Unable to initialize backend", "orbax", "Config:", "checkpoint_manager"):
+      self.assertFalse([l for l in lines if noise in l], noise)
+    self.assertTrue(any("step 8 train: reward=" in l for l in lines), "\n".join(lines))
 
   def test_quick_config_through_main(self):
     from experiments import train as train_main  # pylint: disable=import-outside-toplevel
@@ -266,7 +430,9 @@ class ExperimentMainTest(absltest.TestCase):
     self.assertTrue(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")))
     self.assertEqual(sorted(map(int, os.listdir(os.path.join(workdir, "checkpoints")))),
                      [0, 2, 4])
-    self.assertTrue(os.listdir(os.path.join(workdir, "best")))
+    checkpointer = checkpointing.Checkpointer(workdir, best_metric="validation/reward")
+    self.assertIn(checkpointer.best_step(), [0, 2, 4])  # ranked by Orbax metrics
+    checkpointer.close()
     with open(os.path.join(workdir, "config.json")) as f:
       self.assertEqual(json.load(f)["num_train_steps"], 4)
     with open(os.path.join(workdir, "table.json")) as f:

@@ -8,10 +8,10 @@ logs are absent) in a fresh temporary work dir, in this process, and times it.
 How the times are measured: the library is not modified; this script wraps
 (in this process only, delegating unchanged) a few of its functions with a
 clock: `train.load_data` (table loading + featurising),
-`StepFunctions.train_step` (each training step; the wrapper blocks on the
-step's outputs, which the training loop does right after anyway),
-`train.Evaluator.__call__` (each greedy evaluation), `Checkpointer.save` /
-`save_best`, and `MetricsWriter.write_scalars` (the wall time at which each
+`StepFunctions.train_chunk` (each chunk of steps fused under `lax.scan`,
+one dispatch; the wrapper blocks on the chunk's outputs, which the training
+loop does right after anyway), `Evaluator.__call__` (each greedy
+evaluation), `Checkpointer.save`, and `MetricsWriter.write_scalars` (the wall time at which each
 validation result was written to `metrics.jsonl`). t = 0 is the call to
 `train_and_evaluate` (after imports); the interpreter start and imports are
 reported apart (process start from /proc/self/stat).
@@ -21,7 +21,8 @@ startup + s * (mean step time) + (evaluations so far) * (mean evaluation
 time) from the same clocks.
 
 Reported: total wall time (imports, data, the run), startup (t = 0 to the
-first training step), compile (first training step - median step), steps
+first chunk), compile (first chunk - its length x the median step time of
+the other chunks), steps
 and time to the best validation accuracy and to the checkpoint the run keeps
 (best `validation/reward`, the config's `best_metric`), and the kept router's
 validation / test accuracy and cost next to the best single model.
@@ -72,6 +73,7 @@ class Clock:
     self.t0 = None
     self.events: dict[str, list[tuple[float, float]]] = {}
     self.eval_writes: list[tuple[int, float, dict]] = []
+    self.chunk_lengths: list[int] = []
 
   def now(self) -> float:
     return time.perf_counter() - self.t0
@@ -95,7 +97,8 @@ class Clock:
 def instrument(clock: Clock):
   """Wraps library functions with `clock`; returns an undo function."""
   import jax
-  from recal_jax import checkpointing, metrics_writer, train
+  from recal_jax import checkpointing, metrics_writer
+  from recal_jax.training import evaluation, learner, loop
 
   saved = []
 
@@ -103,22 +106,24 @@ def instrument(clock: Clock):
     saved.append((owner, name, getattr(owner, name)))
     setattr(owner, name, new)
 
-  patch(train, "load_data", clock.timed("load_data", train.load_data))
-  patch(train.outcome_lib, "fit", clock.timed("outcome_fit", train.outcome_lib.fit))
+  patch(loop, "load_data", clock.timed("load_data", loop.load_data))
+  patch(loop.outcome_lib, "fit", clock.timed("outcome_fit", loop.outcome_lib.fit))
 
-  original_make = train.make_step_functions
+  original_make = learner.make_step_functions
 
   def make_step_functions(*args, **kwargs):
     fns = original_make(*args, **kwargs)
-    return dataclasses.replace(
-        fns, train_step=clock.timed("train_step", fns.train_step, jax.block_until_ready))
+    chunk = clock.timed("train_chunk", fns.train_chunk, jax.block_until_ready)
 
-  patch(train, "make_step_functions", make_step_functions)
-  patch(train.Evaluator, "__call__", clock.timed("evaluate", train.Evaluator.__call__))
+    def train_chunk(state, indices):
+      clock.chunk_lengths.append(int(indices.shape[0]))
+      return chunk(state, indices)
+    return dataclasses.replace(fns, train_chunk=train_chunk)
+
+  patch(learner, "make_step_functions", make_step_functions)
+  patch(evaluation.Evaluator, "__call__", clock.timed("evaluate", evaluation.Evaluator.__call__))
   patch(checkpointing.Checkpointer, "save",
         clock.timed("checkpoint", checkpointing.Checkpointer.save))
-  patch(checkpointing.Checkpointer, "save_best",
-        clock.timed("checkpoint_best", checkpointing.Checkpointer.save_best))
   original_write = metrics_writer.MetricsWriter.write_scalars
 
   def write_scalars(self, step, scalars):
@@ -196,14 +201,16 @@ def main(argv=None) -> None:
   else:
     print(f"workdir kept: {workdir}")
 
-  steps = clock.events["train_step"]
-  step_times = [d for _, d in steps]
-  first_step_start = steps[0][0]
-  median_step = statistics.median(step_times[1:])
-  mean_step = statistics.mean(step_times[1:])
-  compile_s = step_times[0] - median_step
+  chunks = clock.events["train_chunk"]
+  lengths = clock.chunk_lengths
+  chunk_times = [d for _, d in chunks]
+  first_step_start = chunks[0][0]
+  per_step = [d / k for d, k in zip(chunk_times[1:], lengths[1:])]
+  median_step = statistics.median(per_step)
+  mean_step = sum(chunk_times[1:]) / sum(lengths[1:])
+  compile_s = chunk_times[0] - lengths[0] * median_step
   evals = clock.durations("evaluate")
-  num_steps = len(steps)
+  num_steps = sum(lengths)
   eval_steps = [(s, t) for s, t, _ in clock.eval_writes]
   # Each step's validation statistics from metrics.jsonl; times from the clock.
   write_time = {s: t for s, t in eval_steps}
@@ -219,7 +226,8 @@ def main(argv=None) -> None:
   def estimate(step: int) -> float:
     """startup + step * mean step time + evaluations done * mean eval time."""
     done = sum(1 for s, _ in eval_steps if 0 < s <= step)
-    return first_step_start + step_times[0] + (step - 1) * mean_step + done * mean_eval
+    return (first_step_start + chunk_times[0] + (step - lengths[0]) * mean_step
+            + done * mean_eval)
 
   summary_header = ["quantity", "value"]
   summary_rows = [
@@ -228,18 +236,18 @@ def main(argv=None) -> None:
       ["outcome model fit (`outcome_model.fit`)", f"{sum(clock.durations('outcome_fit')):.2f} s"],
       ["step-0 evaluation (greedy compile) + step-0 checkpoint",
        f"{evals[0]:.2f} s + {clock.durations('checkpoint')[0]:.2f} s"],
-      ["startup: t=0 to first train step (data, policy init jit, outcome model, "
+      ["startup: t=0 to first chunk (data, policy init jit, outcome model, "
        "Orbax / TensorBoard setup, step-0 eval + checkpoint)", f"{first_step_start:.1f} s"],
-      ["first train step (trace + compile + run)", f"{step_times[0]:.2f} s"],
-      ["compile = first step - median step", f"{compile_s:.2f} s"],
-      [f"train steps ({num_steps} x {config.batch_size} x {config.group_size} rollouts)",
-       f"{sum(step_times):.1f} s (median {median_step * 1e3:.1f} ms, mean "
+      [f"first chunk ({lengths[0]} steps: trace + compile + run)", f"{chunk_times[0]:.2f} s"],
+      ["compile = first chunk - its steps x median step", f"{compile_s:.2f} s"],
+      [f"train steps ({num_steps} x {config.batch_size} x {config.group_size} rollouts, "
+       f"{len(chunks)} chunks)",
+       f"{sum(chunk_times):.1f} s (median {median_step * 1e3:.1f} ms, mean "
        f"{mean_step * 1e3:.1f} ms, {config.batch_size * config.group_size / median_step / 1e3:.0f} k rollouts/s)"],
       [f"evaluations ({len(evals)}, greedy on validation / test)",
        f"{sum(evals):.1f} s (first {evals[0]:.2f} s, median {statistics.median(evals) * 1e3:.0f} ms)"],
-      [f"checkpoints ({len(clock.durations('checkpoint'))} saves + "
-       f"{len(clock.durations('checkpoint_best'))} best saves)",
-       f"{sum(clock.durations('checkpoint')) + sum(clock.durations('checkpoint_best')):.1f} s"],
+      [f"checkpoints ({len(clock.durations('checkpoint'))} saves)",
+       f"{sum(clock.durations('checkpoint')):.1f} s"],
       ["run (`train_and_evaluate`, t=0 to return)", f"{run_s:.1f} s"],
       ["**total wall time (process start to end of run)**",
        f"**{process_s:.1f} s** (interpreter start {interpreter_s:.1f} s + imports "
@@ -300,8 +308,9 @@ def main(argv=None) -> None:
       f"{config.eval_every_steps} steps, checkpoint every {config.checkpoint_every_steps}) "
       "in a fresh temp work dir, in the benchmark process. Times come from clocks "
       "wrapped (in this process only, delegating unchanged) around `train.load_data`, "
-      "each `train_step` (blocking on its outputs, as the loop does next anyway), "
-      "`Evaluator.__call__`, `Checkpointer.save` / `save_best`, and "
+      "each `train_chunk` (K steps under `lax.scan`, one dispatch; blocking on its "
+      "outputs, as the loop does next anyway), "
+      "`Evaluator.__call__`, `Checkpointer.save`, and "
       "`MetricsWriter.write_scalars` (t of each validation record written to "
       "`metrics.jsonl`). t = 0 is the call to `train_and_evaluate`; the interpreter "
       "start and imports before it are reported apart (process start time from "

@@ -150,6 +150,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 50
   config.checkpoint_every_steps = 200
   config.max_checkpoints_to_keep = 3
+  config.best_checkpoints_to_keep = 1  # plus the best by best_metric (Orbax BestN)
+  # Resuming a work dir with another method / table / hyper-parameter is
+  # refused (the error names the fields); True resumes anyway and keeps the
+  # old record as config.<step>.json.
+  config.override_saved_config = False
   # Keep the checkpoint maximising this validation statistic ('validation/
   # reward' = the method's weighted reward of greedy routes, or
   # 'validation/accuracy', 'validation/macro_accuracy').

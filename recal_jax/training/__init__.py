@@ -1,0 +1,1 @@
+"""The training engine (see `recal_jax.train` for the public names)."""
