@@ -170,6 +170,22 @@ def markdown(summary, dataset_names, title):
   return f"## {title}\n\n" + evaluate.format_table(rows) + "\n"
 
 
+def plot_styles(names):
+  """A distinct (colour, marker) per curve name: 20 tab20 colours x 6 markers."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  colours = matplotlib.colormaps["tab20"].colors
+  markers = "osD^vP"
+  return {name: (colours[i % len(colours)], markers[(i // len(colours)) % len(markers)])
+          for i, name in enumerate(names)}
+
+
+def cost_quality_series(summary):
+  """The summary rows drawn as points: RL methods, best single, random (oracle has its star)."""
+  return [name for name in summary
+          if name.split(" ")[0] not in NON_RL + ("oracle",)
+          or name.split(" ")[0] in ("best_single", "random")]
+
+
 def plot(runs, summary, table, workdir):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -182,15 +198,18 @@ def plot(runs, summary, table, workdir):
     ax.scatter(m["cost"], m["accuracy"], marker="x", color="grey")
   oracle = split_metrics(test, evaluate.oracle_choices(test))
   ax.scatter(oracle["cost"], oracle["accuracy"], marker="*", s=150, color="gold", label="oracle")
-  for name in ("erp", "knn"):
-    if name in runs and "curve" in runs[name][0]:
-      pts = np.array(evaluate.pareto_front(runs[name][0]["curve"]))
-      ax.plot(pts[:, 0], pts[:, 1], "--", label=f"{name} (cost-weight sweep)")
-  for name, s in summary.items():
-    if name.split(" ")[0] in NON_RL and name.split(" ")[0] not in ("best_single", "random"):
-      continue
+  sweeps = [name for name in ("erp", "knn") if name in runs and "curve" in runs[name][0]]
+  points = cost_quality_series(summary)
+  styles = plot_styles(sweeps + points)
+  for name in sweeps:
+    pts = np.array(evaluate.pareto_front(runs[name][0]["curve"]))
+    ax.plot(pts[:, 0], pts[:, 1], "--", color=styles[name][0],
+            label=f"{name} (cost-weight sweep)")
+  for name in points:
+    s = summary[name]
+    colour, marker = styles[name]
     ax.errorbar(s["cost"], s["accuracy"], xerr=s["cost_std"], yerr=s["accuracy_std"],
-                fmt="o", label=name, capsize=2)
+                fmt=marker, color=colour, label=name, capsize=2)
   ax.set_xscale("log")
   ax.set_xlabel("average cost per query (USD, test)")
   ax.set_ylabel("accuracy (test)")

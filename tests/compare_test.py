@@ -58,3 +58,12 @@ def test_compare_command(tmp_path):
   # The oracle bounds every router on the same test split.
   assert all(s["accuracy"] <= summary["oracle (bound)"]["accuracy"] + 1e-9
              for s in summary.values())
+
+
+def test_plot_styles_are_distinct_and_oracle_is_drawn_once():
+  names = [f"method{i}" for i in range(30)]
+  styles = compare.plot_styles(names)
+  assert len(set(styles.values())) == len(names)  # no two curves share colour and marker
+  summary = {name: {} for name in ("oracle", "recal", "recal +id", "best_single", "random",
+                                   "knn", "knn +id", "category_best", "erp +id")}
+  assert compare.cost_quality_series(summary) == ["recal", "recal +id", "best_single", "random"]

@@ -113,6 +113,7 @@ def reference(tmp_path_factory):
   return _params(workdir, NUM_STEPS)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_then_preemption_resumes(reference, tmp_path):
   start = time.monotonic()
   workdir = str(tmp_path / "workdir")
