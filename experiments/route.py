@@ -150,6 +150,8 @@ def main(argv):
     raise cli.ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   checkpoint = check_flags(FLAGS.checkpoint, FLAGS.budget, FLAGS.cost_weight, FLAGS.batch_size)
   from recal_jax import router as router_lib  # pylint: disable=import-outside-toplevel
+  from recal_jax.training import console  # pylint: disable=import-outside-toplevel
+  console.quiet_third_party_logs()  # Orbax / JAX INFO lines only at --verbosity=1
   try:
     items, errors = read_queries(FLAGS.queries)
     router = router_lib.Router.load(FLAGS.workdir, checkpoint=checkpoint)

@@ -62,6 +62,8 @@ def run_readme_sequence(tmp_path, extra_train_args=()):
     done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=_env(), text=True,
                           capture_output=True, timeout=600)
     assert done.returncode == 0, (line, done.stderr[-3000:])
+    if "experiments.route" in line:  # quiet by default: no Orbax / backend INFO lines
+      assert len(done.stderr.splitlines()) <= 5, done.stderr[-3000:]
   records = [json.loads(l) for l in done.stdout.splitlines()]
   queries = [json.loads(l) for l in (tmp_path / "queries.jsonl").read_text().splitlines()]
   assert len(records) == len(queries) >= 1
