@@ -116,8 +116,10 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
       component_mean [K]: mean raw component.
       gate_pass_rate [K]: share of valid rows whose gate for component k
         passed (all ancestors' predicates hold); 1 without a hierarchy.
-      component_adv_std [K]: root mean square of A[:, k], the component's
-        advantage before weighting and stage 2 ('components' only).
+      component_adv_std [K]: root mean square of A[:, k] over valid rows
+        (mask-weighted: sqrt(sum m A^2 / sum m), from the group moments), the
+        component's advantage before weighting and stage 2 ('components'
+        only).
       zero_spread_groups: share of groups with valid rows whose
         `variance_component` has zero spread (std 0: all members equal,
         graded scores included); only with a `variance_component`.
@@ -141,12 +143,12 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   datasets = seg_lib.dataset_segmentation(dataset_ids, num_datasets, group_size, axis_name)
   given = est.as_mask(mask, n)
   valid = est.valid_rows(components, given, groups, datasets)
-  raw = jnp.where(valid[:, None] > 0, components, 0.0)
+  raw = est.columns(components)  # rows outside `valid` are never read
   stats = dict(ddof=config.ddof, eps=config.eps)
   names = config.components
 
   # Stage 0: continuous raw components standardised per dataset.
-  r = est.columns(raw)
+  r = list(raw)
   for c in config.dataset_norm_components:  # `calibration.dataset_normalize`
     r[names.index(c)] = est.standardize(r[names.index(c)], valid, datasets, **stats)
 
@@ -160,7 +162,8 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   denom = jnp.maximum(count, 1.0)
   diagnostics = {
       "invalid_rows": seg_lib.pairwise_sum(given) - count,
-      "component_mean": jnp.stack([seg_lib.pairwise_sum(c) for c in est.columns(raw)]) / denom,
+      "component_mean": jnp.stack(
+          [seg_lib.pairwise_sum(jnp.where(valid > 0, c, 0.0)) for c in raw]) / denom,
       "gate_pass_rate": (jnp.ones((k,), jnp.float32) if gates is None else jnp.stack(
           [seg_lib.pairwise_sum(valid * g) for g in gates]) / denom),
   }
@@ -169,10 +172,9 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
     members = [valid] * k
     if gates is not None and config.conditional:
       members = [valid * g for g in gates]
-    per = est.estimate(r, members, groups, **estimator)
+    per, squares = est.estimate(r, members, groups, **estimator, square_sums=True)
     adv = est.weighted_sum(per, config.weight_vector())
-    diagnostics["component_adv_std"] = jnp.sqrt(jnp.stack(
-        [seg_lib.pairwise_sum(jnp.square(c)) for c in per]) / denom)
+    diagnostics["component_adv_std"] = jnp.sqrt(jnp.stack(squares) / denom)
   else:
     scalar = est.weighted_sum(r, config.weight_vector(sum_weights=True))
     if config.estimator == "grpo":
@@ -188,7 +190,7 @@ def recal_advantages(components: Array, group_ids: Array, num_groups: int,
   # Stage 2: variance-aware weights, per-dataset normalisation, balance.
   weights = valid
   if config.variance_component is not None:
-    column = raw[:, names.index(config.variance_component)]
+    column = raw[names.index(config.variance_component)]
     spread = calibration.group_spread(column, group_ids, num_groups, valid,
                                       h=config.variance_h, power=config.variance_power,
                                       ddof=config.ddof, **layout)

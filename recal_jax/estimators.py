@@ -181,17 +181,25 @@ def center_scale(mo: Moments, *, estimator: str = "grpo",
 def estimate(values: list[Array], members: list[Array], seg: Segmentation, *,
              estimator: str = "grpo", std_scaling: str = "group",
              ddof: int = 0, eps: float = 1e-6, singleton: str = "zero",
-             moments: Optional[list[Moments]] = None) -> list[Array]:
+             moments: Optional[list[Moments]] = None,
+             square_sums: bool = False):
   """Group advantages of each row-wise column (`center_scale` on member rows,
-  0 elsewhere); all columns' statistics are reduced together (or given)."""
+  0 elsewhere); all columns' statistics are reduced together (or given).
+
+  `square_sums`: also return, per column, sum_i m_i A_i^2 over the batch,
+  from the moments without a pass over the rows:
+  sum_g scale_g^2 (m2_g + count_g (offset_g - center_offset_g)^2).
+  """
   moments = seg.moments(values, members) if moments is None else moments
-  out = []
+  out, squares = [], []
   for v, m, mo in zip(values, members, moments):
     batch = batch_moments(mo) if std_scaling == "batch" else None
     offset, scale = center_scale(mo, estimator=estimator, std_scaling=std_scaling,
                                  ddof=ddof, eps=eps, singleton=singleton, batch=batch)
     out.append(jnp.where(m > 0, seg.deviation(v, mo, offset) * seg.take(scale), 0.0))
-  return out
+    squares.append(seg_lib.pairwise_sum(
+        jnp.square(scale) * (mo.m2 + mo.count * jnp.square(mo.offset - offset))))
+  return (out, squares) if square_sums else out
 
 
 def batch_moments(mo: Moments) -> Moments:

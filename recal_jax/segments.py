@@ -5,34 +5,40 @@ dataset) by an integer id per row; a validity weight `mask [N]` removes
 padding. With `axis_name` the sums are `psum`-ed, so a batch sharded under
 `shard_map` / `pmap` gives the statistics of the global batch.
 
-For values x, ids s and mask m, each segment g keeps `Moments`:
+For values x, ids s and mask m, each segment g keeps `Moments`, from two
+passes over the rows:
 
-  count[g] = sum_{i: s_i = g} m_i
-  shift[g] = max over members (m_i > 0) of x_i          (0 if no member)
-  total[g] = sum m_i (x_i - shift[g])
-  mean[g]  = shift[g] + total[g] / max(count[g], 1)
-  m2[g]    = sum m_i ((x_i - shift[g]) - (mean[g] - shift[g]))^2
+  count[g] = sum_{i: s_i = g} m_i                                  (pass 1)
+  hi[g], lo[g] = max, min over members (m_i > 0) of x_i            (pass 1)
+  shift[g] = hi[g] if hi[g] == lo[g] (no spread), else
+             sum m_i x_i / count[g] (the mean, to rounding; 0 if empty)
+  total[g] = sum m_i (x_i - shift[g])                               (pass 2)
+  m2[g]    = sum m_i (x_i - shift[g])^2 - total[g]^2 / count[g]     (pass 2)
+  mean[g]  = shift[g] + total[g] / count[g]
   var[g]   = m2[g] / (count[g] - ddof) if count[g] > ddof else 0
 
-Shifting by a member's own value makes "no spread" exact in float32: if every
-member holds the same v, each x_i - shift is exactly 0, so total, m2 and every
-deviation x_i - mean are exactly 0 (the float32 mean of n copies of v is not
-always v). It also keeps precision for values with a large offset. The
-variance is always taken around the mean (never E[x^2] - E[x]^2).
+The second pass is the corrected two-pass algorithm (Chan, Golub & LeVeque,
+1983): deviations from a first estimate of the mean, the estimate's error
+removed by `total`. It keeps full precision for values with a large offset
+and a small spread: x - shift is exact when x is near the mean. Taking a
+member's own value as the shift of a segment without spread makes "no
+spread" exact in float32: every x_i - shift is exactly 0, so total, m2 and
+every deviation x_i - mean are exactly 0 (the float32 mean of n copies of v
+is not always v).
 
 Sums are accurate at scale: rows are summed in chunks of at most 128 before
-the chunk sums are summed the same way (scatter layout), or pairwise within
-each contiguous block; coarse segments (datasets) are sums of their groups'
-sums, whole-batch sums blocked by 128 (`pairwise_sum`). At N = 2^20 the statistics agree with
-float64 to ~1e-7 relative.
+the chunk sums are summed the same way (scatter layout, and contiguous
+blocks longer than 128); coarse segments (datasets) are sums of their
+groups' sums, whole-batch sums blocked by 128 (`pairwise_sum`). At N = 2^20
+the statistics agree with float64 to ~1e-7 relative.
 
 How rows map to segments is a `Segmentation` (`group_segmentation`,
 `dataset_segmentation` build them from the caller's static `group_size`):
 
 * `ScatterSegments`: any layout. Scatter-add to reduce, gather to read back.
 * `BlockSegments`: rows `[L * G]`, row i in segment `first + i // G`: the
-  `repeat(arange(B), G)` layout of grouped rollouts. Reductions are strided
-  adds over the `[L, G]` view, reading back is a broadcast.
+  `repeat(arange(B), G)` layout of grouped rollouts. Reductions run along G
+  of the `[L, G]` view, reading back is a broadcast.
 * `NestedSegments`: coarse segments (datasets) made of whole blocks: rows are
   reduced per block, the L block moments are merged into coarse ones.
 * `WholeBatch`: one segment, the whole (global) batch.
@@ -63,14 +69,14 @@ class Moments(NamedTuple):
   """Masked moments of one column per segment (module docstring)."""
 
   count: Array  # [S] sum of mask weights
-  shift: Array  # [S] a member's value (the max), 0 without members
+  shift: Array  # [S] reference: ~ the mean, a member's value if no spread
   total: Array  # [S] sum m (x - shift)
   m2: Array  # [S] sum m (x - mean)^2
 
   @property
   def offset(self) -> Array:
-    """mean - shift = total / max(count, 1): exactly 0 without spread."""
-    return self.total / jnp.maximum(self.count, 1.0)
+    """mean - shift = total / count (0 if empty): exactly 0 without spread."""
+    return _ratio(self.total, self.count)
 
   @property
   def mean(self) -> Array:
@@ -93,16 +99,14 @@ def pairwise_sum(x: Array) -> Array:
   return _tree(x[None])[0]
 
 
-def _block_reduce(x: Array, op) -> Array:
-  """`[L, G]` -> `[L]` along G by pairwise strided-slice ops (one fused loop;
-  a reduce over a short minor axis is many times slower on XLA CPU)."""
-  while x.shape[1] > 1:
-    half = x.shape[1] // 2
-    y = op(x[:, :half], x[:, half:2 * half])
-    if x.shape[1] % 2:
-      y = jnp.concatenate([op(y[:, :1], x[:, 2 * half:]), y[:, 1:]], axis=1)
-    x = y
-  return x[:, 0]
+def _reduce_g(x: Array, op) -> Array:
+  """`[L, G]` -> `[L]` by `op` (a jnp reduction) along G; G > 128 in blocks
+  of 128 first (sums then err by O(128 log_128 G) ulps, not O(G))."""
+  while x.shape[1] > _CHUNK:
+    fill = {jnp.sum: 0.0, jnp.max: -jnp.inf, jnp.min: jnp.inf}[op]
+    x = jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CHUNK)), constant_values=fill)
+    x = op(x.reshape(x.shape[0], -1, _CHUNK), axis=2)
+  return op(x, axis=1)
 
 
 def _psum(x, axis_name):
@@ -113,8 +117,9 @@ def _pmax(x, axis_name):
   return x if axis_name is None else jax.lax.pmax(x, axis_name)
 
 
-def _members_or(values: Array, mask: Array, fill: float) -> Array:
-  return jnp.where(mask > 0, values, fill)
+def _ratio(total: Array, count: Array) -> Array:
+  """total / count where count > 0, else 0."""
+  return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
 
 
 def _no_member_zero(shift: Array) -> Array:
@@ -135,7 +140,7 @@ def merge(pieces: Moments, ids: Array, num_segments: int, sums,
   shift = _no_member_zero(maxes(jnp.where(pieces.count > 0, pieces.shift, -jnp.inf)))
   rel = jnp.where(pieces.count > 0, pieces.shift - jnp.take(shift, ids, mode="clip"), 0.0)
   count, total = sums([pieces.count, pieces.total + pieces.count * rel])
-  offset = total / jnp.maximum(count, 1.0)
+  offset = _ratio(total, count)
   d = rel + pieces.offset - jnp.take(offset, ids, mode="clip")
   corrected = (pieces.m2 + 2.0 * d * (pieces.total - pieces.count * pieces.offset)
                + pieces.count * d * d)
@@ -170,16 +175,23 @@ class Segmentation:
 
   def moments(self, values: Sequence[Array],
               masks: Sequence[Array]) -> list[Moments]:
-    """Masked `Moments` of each column (values[i] weighted by masks[i])."""
-    shifts = [_no_member_zero(self.maxes(_members_or(v, m, -jnp.inf)))
-              for v, m in zip(values, masks)]
-    devs = [jnp.where(m > 0, v - self.take(s), 0.0)
-            for v, m, s in zip(values, masks, shifts)]
-    sums = self.sums([x for d, m in zip(devs, masks) for x in (m, m * d)])
-    counts, totals = sums[0::2], sums[1::2]
-    offsets = [t / jnp.maximum(c, 1.0) for c, t in zip(counts, totals)]
-    m2s = self.sums([m * jnp.square(d - self.take(o))
-                     for d, m, o in zip(devs, masks, offsets)])
+    """Masked `Moments` of each column (values[i] weighted by masks[i]):
+    count, sum, max and min in one pass, deviations in a second."""
+    members = [(v, m, m > 0) for v, m in zip(values, masks)]
+    his = [self.maxes(jnp.where(inside, v, -jnp.inf)) for v, _, inside in members]
+    los = [-self.maxes(jnp.where(inside, -v, -jnp.inf)) for v, _, inside in members]
+    first = self.sums([x for v, m, inside in members
+                       for x in (m, jnp.where(inside, m * v, 0.0))])
+    counts = first[0::2]
+    shifts = [jnp.where(hi == lo, hi, _ratio(t, c))
+              for c, t, hi, lo in zip(counts, first[1::2], his, los)]
+    devs = [jnp.where(inside, v - self.take(s), 0.0)
+            for (v, _, inside), s in zip(members, shifts)]
+    second = self.sums([x for (_, m, _), d in zip(members, devs)
+                        for x in (m * d, m * jnp.square(d))])
+    totals, squares = second[0::2], second[1::2]
+    m2s = [jnp.maximum(q - t * _ratio(t, c), 0.0)
+           for c, t, q in zip(counts, totals, squares)]
     return [Moments(*f) for f in zip(counts, shifts, totals, m2s)]
 
   def deviation(self, values: Array, moments: Moments,
@@ -286,12 +298,27 @@ class BlockSegments(Segmentation):
     return jnp.broadcast_to(local[:, None], self.block_shape).reshape(self.rows_shape)
 
   def block_moments(self, values, masks) -> list[Moments]:
-    """`[L]` moments of each block (strided adds; no cross-device merge)."""
-    local = BlockSegments(self.num_local, self.block_shape)
-    return Segmentation.moments(local, values, masks)
+    """`[L]` moments of each block (no cross-device merge): the module
+    docstring's two passes as reductions along G of the `[L, G]` view.
+    (Reduce ops, not a tree of strided slices: XLA would fuse such a tree
+    into every row-wise consumer and redo it per row, G times the work.)"""
+    out = []
+    for x, mask in zip(values, masks):
+      v, m = self.blocks(x), self.blocks(mask)
+      inside = m > 0
+      hi = _reduce_g(jnp.where(inside, v, -jnp.inf), jnp.max)
+      lo = _reduce_g(jnp.where(inside, v, jnp.inf), jnp.min)
+      count = _reduce_g(m, jnp.sum)
+      mean = _ratio(_reduce_g(jnp.where(inside, m * v, 0.0), jnp.sum), count)
+      shift = jnp.where(hi == lo, hi, mean)
+      d = jnp.where(inside, v - shift[:, None], 0.0)
+      total, square = _reduce_g(m * d, jnp.sum), _reduce_g(m * jnp.square(d), jnp.sum)
+      m2 = jnp.maximum(square - total * _ratio(total, count), 0.0)
+      out.append(Moments(count, shift, total, m2))
+    return out
 
   def local_sums(self, columns):
-    return [_block_reduce(self.blocks(c), jnp.add) for c in columns]
+    return [_reduce_g(self.blocks(c), jnp.sum) for c in columns]
 
   def place(self, local: Array, fill: float = 0.0) -> Array:
     if self.ids is None:
@@ -305,7 +332,7 @@ class BlockSegments(Segmentation):
     return [_psum(self.place(s), self.axis_name) for s in self.local_sums(columns)]
 
   def maxes(self, column):
-    local = _block_reduce(self.blocks(column), jnp.maximum)
+    local = _reduce_g(self.blocks(column), jnp.max)
     return _pmax(self.place(local, -jnp.inf), self.axis_name)
 
   def take(self, table):
@@ -346,7 +373,7 @@ class NestedSegments(Segmentation):
     return self._coarse.sums(self.fine.local_sums(columns))
 
   def maxes(self, column):
-    return self._coarse.maxes(_block_reduce(self.fine.blocks(column), jnp.maximum))
+    return self._coarse.maxes(_reduce_g(self.fine.blocks(column), jnp.max))
 
   def take(self, table):
     return self.fine.broadcast(self._coarse.take(table))

@@ -338,6 +338,24 @@ class ReCalTest(chex.TestCase, parameterized.TestCase):
     self.assertEqual(float(d["invalid_rows"]), 0.0)
 
 
+  @parameterized.parameters("zero", "raw")
+  def test_component_adv_std_is_the_rms_of_each_column(self, singleton):
+    """Computed from the group moments (no row pass): equals the mask-weighted
+    root mean square of `componentwise_advantages`' columns."""
+    r, ids, _, mask = random_batch(3, n=60, num_groups=25)  # some singletons
+    mask = mask * np.random.default_rng(4).uniform(0.2, 1.0, 60).astype(np.float32)
+    cfg = advantage.ReCalConfig(components=("format", "correctness", "cost"),
+                                singleton=singleton)
+    for layout, rows in ((None, np.argsort(ids, kind="stable")), (None, np.arange(60))):
+      out = advantage.recal_advantages(r[rows], ids[rows], 25, mask=mask[rows], config=cfg,
+                                       group_size=layout)
+      per = np.asarray(advantage.componentwise_advantages(
+          r[rows], ids[rows], 25, mask[rows], singleton=singleton), np.float64)
+      m = mask[rows].astype(np.float64)
+      want = np.sqrt((m[:, None] * per ** 2).sum(0) / m.sum())
+      np.testing.assert_allclose(out.diagnostics["component_adv_std"], want, rtol=1e-5)
+      self.assertTrue((want > 0.1).all())
+
 class EdgeCaseTest(parameterized.TestCase):
 
   @parameterized.parameters(*advantage.METHODS)
