@@ -99,14 +99,31 @@ def pairwise_sum(x: Array) -> Array:
   return _tree(x[None])[0]
 
 
-def _reduce_g(x: Array, op) -> Array:
-  """`[L, G]` -> `[L]` by `op` (a jnp reduction) along G; G > 128 in blocks
-  of 128 first (sums then err by O(128 log_128 G) ulps, not O(G))."""
-  while x.shape[1] > _CHUNK:
-    fill = {jnp.sum: 0.0, jnp.max: -jnp.inf, jnp.min: jnp.inf}[op]
-    x = jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CHUNK)), constant_values=fill)
-    x = op(x.reshape(x.shape[0], -1, _CHUNK), axis=2)
-  return op(x, axis=1)
+_IDENTITY = {"sum": 0.0, "max": -jnp.inf, "min": jnp.inf}
+_COMBINE = {"sum": jnp.add, "max": jnp.maximum, "min": jnp.minimum}
+
+
+def _reduce_g(xs: Sequence[Array], ops: Sequence[str]) -> list[Array]:
+  """`[L, G]` arrays -> `[L]` each, reduced along G by `ops` ('sum', 'max',
+  'min') in ONE variadic reduce: the rows are read once for every column,
+  and the statistics are not redone per row by fused consumers (as a tree
+  of strided slices would be). G > 128 in blocks of 128 first (sums then
+  err by O(128 log_128 G) ulps, not O(G))."""
+  xs = list(xs)
+  if not xs:
+    return []
+
+  def reduce(arrays, axis):
+    return list(jax.lax.reduce(
+        tuple(arrays), tuple(jnp.float32(_IDENTITY[o]) for o in ops),
+        lambda a, b: tuple(_COMBINE[o](u, v) for o, u, v in zip(ops, a, b)), (axis,)))
+
+  while xs[0].shape[1] > _CHUNK:
+    pad = -xs[0].shape[1] % _CHUNK
+    xs = [jnp.pad(x, ((0, 0), (0, pad)), constant_values=_IDENTITY[o])
+          .reshape(x.shape[0], -1, _CHUNK) for x, o in zip(xs, ops)]
+    xs = reduce(xs, 2)
+  return reduce(xs, 1)
 
 
 def _psum(x, axis_name):
@@ -302,23 +319,25 @@ class BlockSegments(Segmentation):
     docstring's two passes as reductions along G of the `[L, G]` view.
     (Reduce ops, not a tree of strided slices: XLA would fuse such a tree
     into every row-wise consumer and redo it per row, G times the work.)"""
-    out = []
-    for x, mask in zip(values, masks):
-      v, m = self.blocks(x), self.blocks(mask)
-      inside = m > 0
-      hi = _reduce_g(jnp.where(inside, v, -jnp.inf), jnp.max)
-      lo = _reduce_g(jnp.where(inside, v, jnp.inf), jnp.min)
-      count = _reduce_g(m, jnp.sum)
-      mean = _ratio(_reduce_g(jnp.where(inside, m * v, 0.0), jnp.sum), count)
-      shift = jnp.where(hi == lo, hi, mean)
-      d = jnp.where(inside, v - shift[:, None], 0.0)
-      total, square = _reduce_g(m * d, jnp.sum), _reduce_g(m * jnp.square(d), jnp.sum)
-      m2 = jnp.maximum(square - total * _ratio(total, count), 0.0)
-      out.append(Moments(count, shift, total, m2))
-    return out
+    vs = [self.blocks(x) for x in values]
+    ms = [self.blocks(x) for x in masks]
+    inside = [m > 0 for m in ms]
+    first = _reduce_g(
+        [y for v, m, i in zip(vs, ms, inside)
+         for y in (jnp.where(i, v, -jnp.inf), jnp.where(i, v, jnp.inf), m,
+                   jnp.where(i, m * v, 0.0))],
+        ["max", "min", "sum", "sum"] * len(vs))
+    shifts, counts = [], first[2::4]
+    for hi, lo, count, total in zip(first[0::4], first[1::4], counts, first[3::4]):
+      shifts.append(jnp.where(hi == lo, hi, _ratio(total, count)))
+    devs = [jnp.where(i, v - s[:, None], 0.0) for v, i, s in zip(vs, inside, shifts)]
+    second = _reduce_g([y for d, m in zip(devs, ms) for y in (m * d, m * jnp.square(d))],
+                       ["sum", "sum"] * len(vs))
+    return [Moments(c, s, t, jnp.maximum(q - t * _ratio(t, c), 0.0))
+            for c, s, t, q in zip(counts, shifts, second[0::2], second[1::2])]
 
   def local_sums(self, columns):
-    return [_reduce_g(self.blocks(c), jnp.sum) for c in columns]
+    return _reduce_g([self.blocks(c) for c in columns], ["sum"] * len(columns))
 
   def place(self, local: Array, fill: float = 0.0) -> Array:
     if self.ids is None:
@@ -332,7 +351,7 @@ class BlockSegments(Segmentation):
     return [_psum(self.place(s), self.axis_name) for s in self.local_sums(columns)]
 
   def maxes(self, column):
-    local = _reduce_g(self.blocks(column), jnp.max)
+    local = _reduce_g([self.blocks(column)], ["max"])[0]
     return _pmax(self.place(local, -jnp.inf), self.axis_name)
 
   def take(self, table):
@@ -373,7 +392,7 @@ class NestedSegments(Segmentation):
     return self._coarse.sums(self.fine.local_sums(columns))
 
   def maxes(self, column):
-    return self._coarse.maxes(_reduce_g(self.fine.blocks(column), jnp.max))
+    return self._coarse.maxes(_reduce_g([self.fine.blocks(column)], ["max"])[0])
 
   def take(self, table):
     return self.fine.broadcast(self._coarse.take(table))
