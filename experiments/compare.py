@@ -9,9 +9,13 @@ plus a one-hot dataset id):
 * non-RL routers: random, best single arm (chosen on train), category best,
   kNN, MLP score regressor, ERP; their hyper-parameters are chosen on the
   validation split (`baselines.select_on_validation`), never on test;
-* RL routers trained with `recal_jax.train.train_and_evaluate`: ReCal, each
-  ReCal stage switched off in turn, Router-R1 scalar GRPO, GRPO, Dr. GRPO,
-  RLOO, GDPO; the checkpoint is chosen on validation;
+* RL routers: ReCal, each ReCal stage switched off in turn, Router-R1 scalar
+  GRPO, GRPO, Dr. GRPO, RLOO, GDPO; the checkpoint is chosen on validation.
+  The seeds of each (method, variant) train in one compiled program
+  (`recal_jax.training.seeds`: vmapped over seeds, one compilation); each
+  seed's result equals `train.train_and_evaluate` with that seed up to float
+  rounding. `--novmap_seeds` runs `train_and_evaluate` per seed instead
+  (Orbax checkpoints, TensorBoard files, resume inside a run);
 * the per-query oracle (an upper bound, not a router).
 
 Writes `results.json` (every run), `results.md` (test accuracy and cost per
@@ -19,7 +23,11 @@ dataset, macro averages, mean and std over seeds), `cost_quality.png` (the
 test cost-quality plane: RL routers' operating points, the ERP and kNN curves
 over a cost-weight sweep, single arms, oracle) and `training_curves.png`
 (reward, validation accuracy and gradient norm over steps, seeds as bands).
-Runs already in `workdir` are reused, so an interrupted comparison resumes.
+Runs already in `workdir` (`runs/<method>[_id]/seed<k>/final.json`) are reused,
+so an interrupted comparison resumes (with vmapped seeds, at the granularity
+of a method and variant). `results.json` also records where the time went
+(`timing`: data loading, each non-RL baseline, RL training and its
+compilation).
 """
 
 from __future__ import annotations
@@ -50,10 +58,16 @@ def define_flags():
                                 "rloo", "gdpo"], "RL methods (names of advantage.METHODS).")
   flags.DEFINE_list("variants", ["features", "features+dataset_id"], "Input variants.")
   flags.DEFINE_integer("num_train_steps", 0, "Override config.num_train_steps (0: keep).")
+  flags.DEFINE_bool("vmap_seeds", True,
+                    "Train the seeds of each (method, variant) in one compiled program "
+                    "(recal_jax.training.seeds: no Orbax checkpoints, resume per method "
+                    "and variant); --novmap_seeds: one train_and_evaluate run per seed.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
 NON_RL = ("random", "best_single", "category_best", "knn", "mlp", "erp")
+# Fits that do not depend on the seed: fitted once, the result listed for every seed.
+SEED_FREE = ("best_single", "category_best", "knn", "erp")
 VARIANT_SUFFIX = {"features": "", "features+dataset_id": " +id"}
 
 
@@ -102,20 +116,16 @@ def run_non_rl(name, table, seed):
   return result
 
 
-def run_rl(method, table, seed, config, workdir):
-  """Trains one RL router (or reuses a finished run in `workdir`)."""
-  from recal_jax import metrics_writer, train  # pylint: disable=import-outside-toplevel
-  done = os.path.join(workdir, "final.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+def rl_config(config, method, seed):
   config = copy.deepcopy(config)
   config.method = method
   config.seed = seed
   config.num_devices = 1
-  start = time.time()
-  final = train.train_and_evaluate(config, workdir, table=table, show_progress=False)
-  records = metrics_writer.read_metrics(workdir)
+  return config
+
+
+def rl_result(final, records, seconds, **extra):
+  """`train_and_evaluate`'s final metrics and records -> one entry of `results.json`."""
   curves = {k: [(r["step"], r[k]) for r in records if k in r]
             for k in ("train/rollout/reward", "train/rollout/accuracy", "train/grad_norm",
                       "validation/accuracy")}
@@ -131,10 +141,51 @@ def run_rl(method, table, seed, config, workdir):
                     "macro_cost": final[f"router/{split}/macro_cost"],
                     "per_dataset": per_dataset[split]}
             for split in ("validation", "test")}
-  result.update(best_step=final["best_step"], seconds=time.time() - start, curves=curves)
-  with open(done, "w") as f:
-    json.dump(result, f)
+  result.update(best_step=final["best_step"], seconds=seconds, curves=curves, **extra)
   return result
+
+
+def write_json(path, value):
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f)
+  os.replace(path + ".tmp", path)  # a kill leaves no half-written final.json
+
+
+def run_rl(method, table, seed, config, workdir):
+  """Trains one RL router (or reuses a finished run in `workdir`)."""
+  from recal_jax import metrics_writer, train  # pylint: disable=import-outside-toplevel
+  done = os.path.join(workdir, "final.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  start = time.time()
+  final = train.train_and_evaluate(rl_config(config, method, seed), workdir, table=table,
+                                   show_progress=False)
+  result = rl_result(final, metrics_writer.read_metrics(workdir), time.time() - start)
+  write_json(done, result)
+  return result
+
+
+def run_rl_seeds(method, table, seeds, config, workdirs):
+  """Trains the seeds without a `final.json` in one program (`training.seeds`).
+
+  Writes each seed's `final.json` (what `run_rl` reuses). 'seconds' is the
+  wall time of the program shared by 'seeds_in_program' seeds, of which
+  'compile_seconds' compiling it. Returns how many seeds were trained.
+  """
+  from recal_jax import metrics_writer  # pylint: disable=import-outside-toplevel
+  from recal_jax.training import seeds as seeds_lib  # pylint: disable=import-outside-toplevel
+  todo = [(s, w) for s, w in zip(seeds, workdirs)
+          if not os.path.exists(os.path.join(w, "final.json"))]
+  if not todo:
+    return 0
+  finals = seeds_lib.train_seeds(rl_config(config, method, todo[0][0]), [s for s, _ in todo],
+                                 table=table, workdirs=[w for _, w in todo])
+  for (_, workdir), final in zip(todo, finals):
+    result = rl_result(final, metrics_writer.read_metrics(workdir), final["seconds/total"],
+                       seeds_in_program=len(todo), compile_seconds=final["seconds/compile"])
+    write_json(os.path.join(workdir, "final.json"), result)
+  return len(todo)
 
 
 def summarize(runs):
@@ -240,7 +291,41 @@ def plot(runs, summary, table, workdir):
   plt.close(fig)
 
 
-def run_all(tables, runs, bar, config, started):
+def rl_workdir(method, variant, seed):
+  suffix = VARIANT_SUFFIX[variant]
+  return os.path.join(FLAGS.workdir, "runs", f"{method}{suffix.replace(' +', '_')}",
+                      f"seed{seed}")
+
+
+def quiet_run_logs():
+  """Each run's own lines are hidden unless --verbosity=1."""
+  previous = logging.get_verbosity()
+  if previous < 1:
+    logging.set_verbosity(logging.WARNING)
+  return previous
+
+
+def train_vmapped(tables, bar, config, started, timing):
+  """Every (variant, method): its seeds in one program; writes their `final.json`."""
+  for variant in FLAGS.variants:
+    for method in FLAGS.methods:
+      logging.info("[%.0fs] %s%s seeds 0-%d", time.time() - started, method,
+                   VARIANT_SUFFIX[variant], FLAGS.seeds - 1)
+      seeds = list(range(FLAGS.seeds))
+      workdirs = [rl_workdir(method, variant, s) for s in seeds]
+      start, previous = time.time(), quiet_run_logs()
+      try:
+        trained = run_rl_seeds(method, tables[variant], seeds, config, workdirs)
+      finally:
+        logging.set_verbosity(previous)
+      timing["rl"] += time.time() - start
+      if trained:
+        with open(os.path.join(workdirs[-1], "final.json")) as f:
+          timing["rl_compile"] += json.load(f)["compile_seconds"]
+      bar.update(FLAGS.seeds)
+
+
+def run_all(tables, runs, bar, config, started, timing):
   """Every seed x variant x (non-RL baselines, RL methods); fills `runs`."""
   for seed in range(FLAGS.seeds):
     for variant in FLAGS.variants:
@@ -249,21 +334,23 @@ def run_all(tables, runs, bar, config, started):
         key = name + (suffix if name in ("knn", "mlp", "erp") else "")
         if key in runs and len(runs[key]) > seed:
           continue  # input-independent baselines run once per seed
-        runs.setdefault(key, []).append(run_non_rl(name, table, seed))
+        start = time.time()
+        if name in SEED_FREE and key in runs:
+          runs[key].append(copy.deepcopy(runs[key][0]))
+        else:
+          runs.setdefault(key, []).append(run_non_rl(name, table, seed))
+        timing["non_rl"][name] = timing["non_rl"].get(name, 0.0) + time.time() - start
       for method in FLAGS.methods:
-        workdir = os.path.join(FLAGS.workdir, "runs", f"{method}{suffix.replace(' +', '_')}",
-                               f"seed{seed}")
         logging.info("[%.0fs] %s%s seed %d", time.time() - started, method, suffix, seed)
-        quiet = logging.get_verbosity() < 1  # each run's own lines: --verbosity=1
-        previous = logging.get_verbosity()
-        if quiet:
-          logging.set_verbosity(logging.WARNING)
+        start, previous = time.time(), quiet_run_logs()
         try:
-          result = run_rl(method, table, seed, config, workdir)
+          result = run_rl(method, table, seed, config, rl_workdir(method, variant, seed))
         finally:
           logging.set_verbosity(previous)
+        timing["rl"] += time.time() - start
         runs.setdefault(method + suffix, []).append(result)
-        bar.update(1)
+        if not FLAGS.vmap_seeds:
+          bar.update(1)
 
 
 def main(argv):
@@ -277,10 +364,11 @@ def main(argv):
   for method in FLAGS.methods:
     advantage.method_config(method)  # fail fast on a typo
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  # Seeds of a method share their compiled programs (the seed is an argument):
-  # a persistent cache in the work dir compiles each (method, input shape) once.
+  # Programs depend on (method, input shape), not on the seed: a persistent
+  # cache in the work dir serves a rerun, and --novmap_seeds runs' later seeds.
   jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  load_start = time.time()
   base = train.load_data(config)
   tables = {"features": base, "features+dataset_id": with_dataset_id(base)}
   runs: dict[str, list] = {}
@@ -288,8 +376,11 @@ def main(argv):
   # One bar over all RL runs (each run's own bar is off); ETA from runs done.
   bar = tqdm.tqdm(total=FLAGS.seeds * len(FLAGS.variants) * len(FLAGS.methods),
                   desc="compare", unit="run", disable=not sys.stderr.isatty())
+  timing = {"load_data": started - load_start, "non_rl": {}, "rl": 0.0, "rl_compile": 0.0}
   with console.logs_through_tqdm():
-    run_all(tables, runs, bar, config, started)
+    if FLAGS.vmap_seeds:
+      train_vmapped(tables, bar, config, started, timing)
+    run_all(tables, runs, bar, config, started, timing)
   bar.close()
   test = base.subset("test")
   oracle = split_metrics(test, evaluate.oracle_choices(test))
@@ -298,7 +389,8 @@ def main(argv):
   summary = summarize(runs)
   results = {"table": base.describe(), "config": json.loads(config.to_json_best_effort()),
              "seeds": FLAGS.seeds, "methods": FLAGS.methods, "summary": summary, "runs": runs,
-             "date": time.strftime("%Y-%m-%d"), "seconds": time.time() - started}
+             "date": time.strftime("%Y-%m-%d"), "seconds": time.time() - started,
+             "vmap_seeds": FLAGS.vmap_seeds, "timing": timing}
   with open(os.path.join(FLAGS.workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   text = (f"# Routing comparison on {base.name}\n\n"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 from typing import Any, Callable, Mapping, Sequence
 
@@ -468,6 +469,27 @@ class MLPScoreRegressor(Router):
     return np.asarray(self._apply(self._params, x, self._prior), np.float64)
 
 
+_GRAMS: dict[bytes, list[np.ndarray]] = {}
+
+
+def _masked_grams(x: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+  """[X^T diag(mask[:, a]) X for each arm a], remembered for the last few (x, mask).
+
+  A ridge grid and the score and cost models of one fit share X and the mask,
+  so each gram (the costly [D, D] product) is computed once for all of them.
+  """
+  digest = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16)
+  digest.update(str((x.shape, mask.shape)).encode())
+  digest.update(np.ascontiguousarray(mask, bool).tobytes())
+  key = digest.digest()
+  if key not in _GRAMS:
+    if len(_GRAMS) >= 4:
+      _GRAMS.pop(next(iter(_GRAMS)))
+    _GRAMS[key] = [x.T @ (mask[:, a].astype(np.float64)[:, None] * x)
+                   for a in range(mask.shape[1])]
+  return _GRAMS[key]
+
+
 class ERPRouter(Router):
   """Expected reward prediction (ERP, arXiv 2603.20217), cost-aware.
 
@@ -513,10 +535,10 @@ class ERPRouter(Router):
     penalty = np.full(x.shape[1], self.ridge)
     penalty[-1] = 1e-8
     weights = np.zeros((x.shape[1], y.shape[1]))
-    for arm in range(y.shape[1]):
+    for arm, gram in enumerate(_masked_grams(x, mask)):
       m = mask[:, arm].astype(np.float64)
-      gram = x.T @ (m[:, None] * x) + np.diag(penalty + 1e-10)
-      weights[:, arm] = np.linalg.solve(gram, x.T @ (m * np.where(m > 0, y[:, arm], 0.0)))
+      weights[:, arm] = np.linalg.solve(gram + np.diag(penalty + 1e-10),
+                                        x.T @ (m * np.where(m > 0, y[:, arm], 0.0)))
     return weights
 
   def _fit(self, train):

@@ -41,6 +41,14 @@ def flatten_scalars(metrics: Mapping, prefix: str = "") -> dict[str, float]:
   return out
 
 
+def record(step: int, scalars: Mapping) -> dict:
+  """One `metrics.jsonl` record: {"step": step, name: value}; NaN / inf as strings."""
+  out = {"step": int(step)}
+  out.update({k: (v if math.isfinite(v) else str(v))
+              for k, v in flatten_scalars(scalars).items()})
+  return out
+
+
 class MetricsWriter:
   """Writes scalars to absl logging, `metrics.jsonl` and TensorBoard."""
 
@@ -66,10 +74,8 @@ class MetricsWriter:
     scalars = flatten_scalars(scalars)
     logging.vlog(1, "step %d: %s", step, ", ".join(
         f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
-    record = {"step": int(step)}
-    record.update({k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()})
     with open(self.jsonl_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(json.dumps(record(step, scalars)) + "\n")
     if self._summary_writer is not None:
       for name, value in scalars.items():
         self._summary_writer.add_scalar(name, value, global_step=int(step))

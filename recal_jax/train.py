@@ -5,6 +5,7 @@ in one place (`from recal_jax import train; train.train_and_evaluate(...)`):
 
   training/learner.py     train state, optimiser, the jitted step and chunk
   training/loop.py        `train_and_evaluate`: resume, chunks, logging, eval
+  training/seeds.py       `train_seeds`: S seeds in one compiled program (compare)
   training/evaluation.py  greedy-route metrics, the final comparison table
   training/preemption.py  SIGTERM / multi-process preemption -> `Preempted`
   training/workdir.py     resume only with the same table and config

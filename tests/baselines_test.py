@@ -284,6 +284,25 @@ class TestSynthetic:
     other_seed = baselines.MLPScoreRegressor(seed=1).fit(train).predict_scores(test)
     assert np.abs(scores - other_seed).max() > 1e-4
 
+  def test_erp_gram_cache_changes_no_number(self, synthetic):
+    """Fits that reuse remembered grams equal fits that compute them afresh."""
+    train, test = synthetic
+    def fresh(ridge, table):
+      baselines._GRAMS.clear()  # pylint: disable=protected-access
+      return baselines.ERPRouter(ridge=ridge).fit(table).predict_scores(test)
+    for ridge in (0.1, 100.0):  # the second fit of each pair reuses the first's grams
+      baselines.ERPRouter(ridge=1.0).fit(train)
+      cached = baselines.ERPRouter(ridge=ridge).fit(train).predict_scores(test)
+      np.testing.assert_array_equal(cached, fresh(ridge, train))
+    # Another outcome mask (same features) is another gram: no stale reuse.
+    mask = train.outcome_mask.copy()
+    mask[: len(mask) // 2, 0] = False
+    masked = dataclasses.replace(train, outcome_mask=mask)
+    baselines.ERPRouter(ridge=1.0).fit(train)
+    cached = baselines.ERPRouter(ridge=1.0).fit(masked).predict_scores(test)
+    np.testing.assert_array_equal(cached, fresh(1.0, masked))
+    assert np.abs(cached - fresh(1.0, train)).max() > 1e-6
+
 
 # ------------------------------------------------------------------ real logs
 def _load_real(name):

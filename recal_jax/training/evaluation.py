@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from absl import logging
 import jax
 from jax.sharding import NamedSharding
 import numpy as np
@@ -120,6 +121,29 @@ def reference_metrics(train: table_lib.RoutingTable,
       out[f"{name}/{split}/accuracy"] = m["accuracy"]
       out[f"{name}/{split}/cost"] = m["cost"]
   return out
+
+
+def final_metrics(splits: Mapping[str, table_lib.RoutingTable], greedy_step: Callable,
+                  method: advantage.ReCalConfig, config, *, step: int, last_params,
+                  best_step: int, best_params, sharding: NamedSharding) -> dict:
+  """The end-of-run metrics of `train_and_evaluate` (and of `training.seeds`).
+
+  'step', 'best_step', 'final/<split>/<stat>' (`last_params`),
+  'router/<split>/<stat>' (`best_params`, the best on validation) and the
+  `reference_metrics` of every split but train that has queries.
+  """
+  result: dict[str, Any] = {"step": step, "best_step": best_step}
+  evaluators = {split: Evaluator(t, greedy_step, method, config.cost_scale, sharding)
+                for split, t in splits.items() if split != "train" and t.num_queries > 0}
+  for prefix, params in (("final", last_params), ("router", best_params)):
+    for split, evaluator in evaluators.items():
+      summary = summarize(evaluator(params), split)
+      result.update({f"{prefix}/{k}": v for k, v in summary.items()})
+  result.update(reference_metrics(splits["train"], {s: splits[s] for s in evaluators}))
+  if best_step == 0 and step > 0:
+    logging.warning("The best checkpoint on %s is the untrained step 0: the %d "
+                    "training steps never beat the initial policy", config.best_metric, step)
+  return result
 
 
 def comparison_rows(final: Mapping[str, Any], splits=("validation", "test")) -> list[dict]:

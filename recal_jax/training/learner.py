@@ -105,6 +105,16 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def init_key(seed: int) -> jax.Array:
+  """The key `init_state` draws a run's initial parameters from."""
+  return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def rollout_key(seed: int) -> jax.Array:
+  """The key of a run's rollouts; step s samples with `fold_in(rollout_key, s)`."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
 def init_state(policy: policies.RouterPolicy, tx: optax.GradientTransformation,
                rng: jax.Array, feature_dim: int, num_datasets: int) -> TrainState:
   params = policy.init(rng, feature_dim)
@@ -259,6 +269,9 @@ class StepFunctions:
   """The jitted functions of a run, bound to its policy, table and mesh."""
   train_step: Callable  # (state, query_indices [B]) -> (state, metrics), fused
   train_chunk: Callable  # (state, query_indices [K, B]) -> (state, metrics [K])
+  # The chunk before `jit`, table and key as arguments (vmapped over seeds
+  # by `training.seeds`): (state, device_table, key, query_indices [K, B]).
+  chunk_fn: Callable
   sample_step: Callable  # (params, features [B, D], rng) -> Routes [B * G]
   assemble_step: Callable  # (routes, queries, features, datasets, outcomes) -> Rollout
   learn_step: Callable  # (state, rollout) -> (state, metrics)
@@ -276,7 +289,7 @@ def make_step_functions(policy, tx, method, config, *, table: rollout_lib.Device
   cost_scale = float(config.cost_scale)
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-  rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  run_rollout_key = rollout_key(int(config.seed))
   learn = make_learn_fn(policy, tx, method, config,
                         num_queries_per_batch=batch_size, num_datasets=num_datasets)
 
@@ -310,15 +323,16 @@ def make_step_functions(policy, tx, method, config, *, table: rollout_lib.Device
 
   return StepFunctions(
       train_step=lambda state, query_indices: jitted_step(
-          state, table, rollout_key, query_indices),
+          state, table, run_rollout_key, query_indices),
       train_chunk=lambda state, query_indices: jitted_chunk(
-          state, table, rollout_key, query_indices),
+          state, table, run_rollout_key, query_indices),
+      chunk_fn=train_chunk,
       sample_step=jax.jit(lambda params, features, rng: rollout_lib.sample_routes(
           policy, params, features, rng, group_size)),
       assemble_step=jax.jit(functools.partial(
           rollout_lib.assemble_rollout, group_size=group_size, cost_scale=cost_scale)),
       learn_step=jax.jit(learn_step, donate_argnums=0, out_shardings=state_and_metrics),
       greedy_step=jax.jit(lambda params, features: policy.greedy(params, features).arm_indices),
-      rollout_key=rollout_key, batch_sharding=batch_sharding,
+      rollout_key=run_rollout_key, batch_sharding=batch_sharding,
       chunk_sharding=NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)),
       replicated=replicated)

@@ -153,7 +153,7 @@ def next_boundary(step: int, config: ml_collections.ConfigDict) -> int:
   return min(candidates)
 
 
-def _window_means(window: list[dict[str, np.ndarray]], seconds: float) -> dict[str, float]:
+def window_means(window: list[dict[str, np.ndarray]], seconds: float) -> dict[str, float]:
   """Means over the steps of the logging window (float64), with steps/s."""
   stacked = {k: np.concatenate([np.asarray(w[k], np.float64) for w in window])
              for k in window[0]}
@@ -229,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_fn = jax.jit(functools.partial(
       learner.init_state, policy, tx, feature_dim=table.feature_dim,
       num_datasets=table.num_datasets), out_shardings=replicated)
-  state = init_fn(jax.random.fold_in(jax.random.key(config.seed), 0))
+  state = init_fn(learner.init_key(int(config.seed)))
 
   description = table.describe()
   config_json = json.loads(config.to_json_best_effort())
@@ -318,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         window.append(metrics)
         progress.update_to(step, f"reward {float(metrics['rollout/reward'][-1]):.3f}")
         if step % config.log_every_steps == 0 or step == num_steps:
-          last_logged = _window_means(window, time.perf_counter() - window_start)
+          last_logged = window_means(window, time.perf_counter() - window_start)
           writer.write_scalars(step, last_logged)
           logging.info("%s", console.short_line(step, "train", last_logged))
           window, window_start = [], time.perf_counter()
@@ -350,24 +350,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def final_evaluation(splits, fns, method, config, checkpointer, state, step) -> dict:
-  """Last params and best-on-validation params on every evaluated split."""
-  result: dict[str, Any] = {"step": step}
-  evaluators = {split: evaluation.Evaluator(t, fns.greedy_step, method, config.cost_scale,
-                                            fns.replicated)
-                for split, t in splits.items() if split != "train" and t.num_queries > 0}
-  for split, evaluator in evaluators.items():
-    final = evaluator(state.params)
-    result.update({f"final/{k}": v for k, v in evaluation.summarize(final, split).items()})
+  """Last params and best-on-validation params (from `checkpointer`) on every split."""
   best_step = checkpointer.best_step()
-  result["best_step"] = step if best_step is None else best_step
   best_params = (state.params if best_step is None
                  else checkpointer.restore(best_step, state).params)
-  for split, evaluator in evaluators.items():
-    routed = evaluator(best_params)
-    result.update({f"router/{k}": v for k, v in evaluation.summarize(routed, split).items()})
-  result.update(evaluation.reference_metrics(splits["train"],
-                                             {s: splits[s] for s in evaluators}))
-  if result["best_step"] == 0 and step > 0:
-    logging.warning("The best checkpoint on %s is the untrained step 0: the %d "
-                    "training steps never beat the initial policy", config.best_metric, step)
-  return result
+  return evaluation.final_metrics(
+      splits, fns.greedy_step, method, config, step=step, last_params=state.params,
+      best_step=step if best_step is None else best_step, best_params=best_params,
+      sharding=fns.replicated)
