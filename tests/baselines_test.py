@@ -119,11 +119,42 @@ class TestHandTable:
                                atol=1e-5)
 
   def test_erp_dataset_only_is_category_best(self):
-    table = hand_table(features=np.zeros((4, 0)))
-    erp = baselines.ERPRouter(ridge=1e-6, use_dataset_id=True).fit(table)
-    category = baselines.CategoryBestRouter().fit(table)
-    np.testing.assert_allclose(erp.predict_scores(table), category.predict_scores(table),
-                               atol=1e-4)
+    # The one-hot alone (no query features, or ridge = inf) gives exactly the
+    # per-dataset means: same scores, costs and choices at every cost weight.
+    category = baselines.CategoryBestRouter().fit(hand_table())
+    for table, ridge in ((hand_table(features=np.zeros((4, 0))), 1e-6),
+                         (hand_table(), np.inf)):
+      erp = baselines.ERPRouter(ridge=ridge, use_dataset_id=True).fit(table)
+      np.testing.assert_array_equal(erp.predict_scores(table), category.predict_scores(table))
+      np.testing.assert_array_equal(erp.expected_cost(table), category.expected_cost(table))
+      for weight in (0.0, 0.05, 0.1, 1.0):
+        np.testing.assert_array_equal(erp.choose(table, weight), category.choose(table, weight))
+
+  def test_erp_matches_least_squares_with_unpenalised_dataset_intercepts(self):
+    # Reference: min |y - [onehot, z] beta|^2 + ridge |w|^2 by augmented least
+    # squares, the one-hot columns carrying no penalty.
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 2)).astype(np.float32)
+    table = hand_table(features=features)
+    ridge = 0.3
+    erp = baselines.ERPRouter(ridge=ridge, use_dataset_id=True).fit(table)
+    z = (features - features.mean(0)) / features.std(0)
+    one_hot = np.eye(2)[table.dataset_ids]
+    design = np.concatenate([one_hot, z], 1)
+    penalty = np.concatenate([np.zeros((2, 2)), np.sqrt(ridge) * np.eye(2)], 1)
+    expected = []
+    for arm in range(3):
+      beta = np.linalg.lstsq(np.concatenate([design, penalty]),
+                             np.concatenate([table.score[:, arm], np.zeros(2)]), rcond=None)[0]
+      expected.append(design @ beta)
+    np.testing.assert_allclose(erp.predict_scores(table), np.clip(np.stack(expected, 1), 0, 1),
+                               atol=1e-6)
+    # linear_model (one-hot columns carry the intercepts) reproduces the predictions.
+    model = erp.linear_model()
+    x = np.concatenate([features, one_hot], 1)
+    x = np.concatenate([(x - model["feature_mean"]) / model["feature_std"], np.ones((4, 1))], 1)
+    np.testing.assert_allclose(np.clip(x @ model["score_weights"], 0, 1),
+                               erp.predict_scores(table), atol=1e-5)
 
   def test_random_is_deterministic(self):
     table = hand_table()
