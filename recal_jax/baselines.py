@@ -657,7 +657,9 @@ def select_on_validation(make_router: Callable[..., Router],
                          grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]],
                          train: RoutingTable, val: RoutingTable,
                          metric: str | Callable[[RoutingTable, np.ndarray], float] = "accuracy",
-                         cost_weight: float = 0.0) -> Selection:
+                         cost_weight: float = 0.0,
+                         router_metric: Callable[[RoutingTable, Router], float] | None = None
+                         ) -> Selection:
   """Fits `make_router(**params)` on `train` for each params; keeps the best on `val`.
 
   Args:
@@ -668,6 +670,9 @@ def select_on_validation(make_router: Callable[..., Router],
       'accuracy', 'macro_accuracy'), or `fn(val, choices) -> float` (higher
       is better; e.g. accuracy minus lambda * cost).
     cost_weight: passed to `router.choose` on `val`.
+    router_metric: `fn(val, fitted_router) -> float` (higher is better), in
+      place of `metric` and `cost_weight`: for a figure of the whole router,
+      e.g. the AUC of its cost-weight sweep (`recal_jax.curves`).
 
   Returns:
     `Selection(params, router, value, results)`; ties keep the first in grid
@@ -682,7 +687,8 @@ def select_on_validation(make_router: Callable[..., Router],
   best, results = None, []
   for params in candidates:
     router = make_router(**params).fit(train)
-    value = float(metric(val, router.choose(val, cost_weight=cost_weight)))
+    value = float(router_metric(val, router) if router_metric is not None
+                  else metric(val, router.choose(val, cost_weight=cost_weight)))
     results.append((params, value))
     if best is None or value > best.value:
       best = Selection(params=params, router=router, value=value, results=results)

@@ -184,6 +184,12 @@ class TestHandTable:
         baselines.KNNRouter, [{"k": 4}, {"k": 1}], table, table, metric=metric)
     assert selection.params == {"k": 1} and selection.value == pytest.approx(0.8125)
     assert [v for _, v in selection.results] == pytest.approx([0.5, 0.8125])
+    # A figure of the whole router: the number of distinct arms it uses at
+    # lambda = 0 (k = 1: three; k = 4: one), k = 4 listed first.
+    selection = baselines.select_on_validation(
+        baselines.KNNRouter, [{"k": 4}, {"k": 1}], table, table,
+        router_metric=lambda val, router: len(set(router.choose(val).tolist())))
+    assert selection.params == {"k": 1} and selection.value == 3.0
     with pytest.raises(ValueError, match="empty"):
       baselines.select_on_validation(baselines.KNNRouter, [], table, table)
 
