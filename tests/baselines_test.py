@@ -348,3 +348,14 @@ def test_real_reference_numbers(name, best_single, oracle):
       best_single, abs=6e-4)
   upper = baselines.OracleRouter().fit(table).choose(table)
   assert evaluate.route_metrics(table, upper)["accuracy"] == pytest.approx(oracle, abs=6e-4)
+
+
+@pytest.mark.parametrize("name", ["llmrouter_seven", "routeprofile"])
+def test_real_erp_without_query_residual_is_category_best(name):
+  """ERP +id with ridge = inf routes exactly as category best on a real log's test split."""
+  table = _load_real(name)
+  train, test = table.subset("train"), table.subset("test")
+  erp = baselines.ERPRouter(ridge=np.inf, use_dataset_id=True).fit(train)
+  category = baselines.CategoryBestRouter().fit(train)
+  for weight in (0.0, 1e2, 1e3, 1e4):
+    np.testing.assert_array_equal(erp.choose(test, weight), category.choose(test, weight))
