@@ -18,11 +18,23 @@ plus a one-hot dataset id):
   (Orbax checkpoints, TensorBoard files, resume inside a run);
 * the per-query oracle (an upper bound, not a router).
 
-Writes `results.json` (every run), `results.md` (test accuracy and cost per
-dataset, macro averages, mean and std over seeds), `cost_quality.png` (the
-test cost-quality plane: RL routers' operating points, the ERP and kNN curves
-over a cost-weight sweep, single arms, oracle) and `training_curves.png`
-(reward, validation accuracy and gradient norm over steps, seeds as bands).
+Every router's cost knob is swept over one shared grid of cost weights
+lambda (`recal_jax.curves.COST_WEIGHTS`): the non-RL routers route to
+arg max_a predicted score - lambda * expected cost, the RL routers to
+arg max_a log pi(a | x) - lambda * expected cost (`Router.arm_scores`, the
+outcome model's cost). Per method and split `results.json` holds the curve
+(its Pareto front), its AUC between the cheapest arm's and the best single
+arm's cost, and the accuracy read off the curve at the best single arm's cost
+and at half of it (`curves.curve_report`); `accuracy` / `cost` are the
+lambda = 0 operating point.
+
+Writes `results.json` (every run; `summary` has, per method, mean and std
+over seeds of `accuracy`, `cost`, `macro_accuracy`, `macro_cost`, `auc`,
+`acc_at_best_cost`, `acc_at_half_best_cost`), `results.md` (those columns and
+test accuracy per dataset), `cost_quality.png` (the test cost-quality plane:
+every method's swept curve, seed 0, and its lambda = 0 point with seed std;
+single arms; oracle) and `training_curves.png` (reward, validation accuracy
+and gradient norm over steps, seeds as bands).
 Runs already in `workdir` (`runs/<method>[_id]/seed<k>/final.json`) are reused,
 so an interrupted comparison resumes (with vmapped seeds, at the granularity
 of a method and variant). `results.json` also records where the time went
@@ -78,6 +90,13 @@ def with_dataset_id(table):
                              table.featurizer + "+dataset_id")
 
 
+def without_dataset_id(table):
+  """Inverse of `with_dataset_id`: the query features alone."""
+  suffix = "+dataset_id"
+  return table.with_features(table.features[:, :table.feature_dim - table.num_datasets],
+                             table.featurizer[:-len(suffix)])
+
+
 def split_metrics(table, choices):
   from recal_jax import evaluate  # pylint: disable=import-outside-toplevel
   m = evaluate.route_metrics(table, np.asarray(choices))
@@ -87,9 +106,42 @@ def split_metrics(table, choices):
                           for k, v in m["per_dataset"].items()}}
 
 
+def swept_metrics(table, scores, expected_cost):
+  """`split_metrics` at lambda = 0 plus the swept curve's `curves.curve_report`."""
+  from recal_jax import curves  # pylint: disable=import-outside-toplevel
+  choices = curves.sweep_choices(scores, expected_cost, [0.0])[0]
+  out = split_metrics(table, choices)
+  out.update(curves.curve_report(table, curves.sweep(table, scores, expected_cost)))
+  return out
+
+
+def router_metrics(router, table):
+  """`swept_metrics` of a fitted non-RL router (random: its one point, no knob)."""
+  from recal_jax import baselines, curves  # pylint: disable=import-outside-toplevel
+  if isinstance(router, baselines.RandomRouter):
+    out = split_metrics(table, router.choose(table))
+    out.update(curves.curve_report(table, [(out["cost"], out["accuracy"])]))
+    return out
+  return swept_metrics(table, router.predict_scores(table), router.expected_cost(table))
+
+
+def validation_auc(val, router):
+  """Hyper-parameter selection metric: the router's swept AUC on validation."""
+  return router_metrics(router, val)["auc"]
+
+
 def run_non_rl(name, table, seed):
-  """Fits one non-RL router (hyper-parameters on validation) -> test metrics."""
+  """Fits one non-RL router (hyper-parameters: best validation AUC) -> metrics and curves.
+
+  On the '+dataset_id' table ERP takes the query features with
+  `use_dataset_id=True` (an unpenalised per-dataset intercept, so its
+  `ridge=inf` grid point is category best); kNN and MLP read the one-hot as
+  features.
+  """
   from recal_jax import baselines  # pylint: disable=import-outside-toplevel
+  erp_kwargs = {}
+  if name == "erp" and table.featurizer.endswith("+dataset_id"):
+    table, erp_kwargs = without_dataset_id(table), {"use_dataset_id": True}
   train, val, test = (table.subset(s) for s in ("train", "validation", "test"))
   if name == "random":
     router, params = baselines.RandomRouter(seed=seed).fit(train), {}
@@ -102,18 +154,38 @@ def run_non_rl(name, table, seed):
         "knn": (baselines.KNNRouter, {"k": [5, 10, 20, 50, 100]}),
         "mlp": (lambda **p: baselines.MLPScoreRegressor(seed=seed, **p),
                 {"hidden_size": [32, 128], "weight_decay": [0.01, 0.1]}),
-        "erp": (baselines.ERPRouter, {"ridge": [0.1, 1.0, 10.0, 100.0]}),
+        "erp": (lambda **p: baselines.ERPRouter(**erp_kwargs, **p),
+                {"ridge": [1.0, 10.0, 100.0, 1e3, 1e4, float("inf")]}),
     }
     make, grid = makers[name]
-    selection = baselines.select_on_validation(make, grid, train, val, "accuracy")
+    selection = baselines.select_on_validation(make, grid, train, val,
+                                               router_metric=validation_auc)
     router, params = selection.router, selection.params
-  result = {"test": split_metrics(test, router.choose(test)),
-            "validation": split_metrics(val, router.choose(val)), "params": params}
-  if name in ("erp", "knn"):
-    weights = [0.0] + list(np.logspace(1, 5, 13))
-    points = [split_metrics(test, router.choose(test, cost_weight=w)) for w in weights]
-    result["curve"] = [(p["cost"], p["accuracy"]) for p in points]
-  return result
+  return {"test": router_metrics(router, test), "validation": router_metrics(router, val),
+          "params": params}
+
+
+def rl_curves(result, table, config, params):
+  """Adds the swept curve of a trained policy (its best parameters) to
+  `result[split]`: arg max_a log pi(a | x) - lambda * c(x, a), with c the
+  outcome model fitted on the train split, as `Router.arm_scores` routes."""
+  from recal_jax import outcome_model, policies  # pylint: disable=import-outside-toplevel
+  policy = policies.make_policy(config.policy, table)
+  outcome = outcome_model.fit(table.subset("train"))
+  for split in ("validation", "test"):
+    part = table.subset(split)
+    features = np.asarray(part.features, np.float32)
+    arm_logp = np.asarray(policy.arm_log_probs(params, features), np.float64)
+    _, cost = outcome.predict(features)
+    swept = swept_metrics(part, np.maximum(arm_logp, -1e30), np.asarray(cost, np.float64))
+    result[split].update({k: v for k, v in swept.items() if k not in result[split]})
+
+
+def oracle_result(table):
+  """The per-query oracle's metrics and curve (an upper bound, not a router)."""
+  from recal_jax import baselines  # pylint: disable=import-outside-toplevel
+  return {split: router_metrics(baselines.OracleRouter().fit(part), part)
+          for split, part in ((s, table.subset(s)) for s in ("validation", "test"))}
 
 
 def rl_config(config, method, seed):
@@ -154,6 +226,7 @@ def write_json(path, value):
 def run_rl(method, table, seed, config, workdir):
   """Trains one RL router (or reuses a finished run in `workdir`)."""
   from recal_jax import metrics_writer, train  # pylint: disable=import-outside-toplevel
+  from recal_jax import router as router_lib  # pylint: disable=import-outside-toplevel
   done = os.path.join(workdir, "final.json")
   if os.path.exists(done):
     with open(done) as f:
@@ -162,6 +235,7 @@ def run_rl(method, table, seed, config, workdir):
   final = train.train_and_evaluate(rl_config(config, method, seed), workdir, table=table,
                                    show_progress=False)
   result = rl_result(final, metrics_writer.read_metrics(workdir), time.time() - start)
+  rl_curves(result, table, config, router_lib.Router.load(workdir, text_featurizer=False).params)
   write_json(done, result)
   return result
 
@@ -184,6 +258,7 @@ def run_rl_seeds(method, table, seeds, config, workdirs):
   for (_, workdir), final in zip(todo, finals):
     result = rl_result(final, metrics_writer.read_metrics(workdir), final["seconds/total"],
                        seeds_in_program=len(todo), compile_seconds=final["seconds/compile"])
+    rl_curves(result, table, config, final.pop("best_params"))
     write_json(os.path.join(workdir, "final.json"), result)
   return len(todo)
 
@@ -194,8 +269,9 @@ def summarize(runs):
   for name, results in runs.items():
     tests = [r["test"] for r in results]
     row = {}
-    for key in ("accuracy", "cost", "macro_accuracy", "macro_cost"):
-      values = np.array([t[key] for t in tests])
+    for key in ("accuracy", "cost", "macro_accuracy", "macro_cost", "auc",
+                "acc_at_best_cost", "acc_at_half_best_cost"):
+      values = np.array([t.get(key, np.nan) for t in tests])  # no curve: NaN
       row[key] = float(values.mean())
       row[key + "_std"] = float(values.std())
     datasets = tests[0]["per_dataset"].keys()
@@ -210,8 +286,15 @@ def summarize(runs):
 def markdown(summary, dataset_names, title):
   from recal_jax import evaluate  # pylint: disable=import-outside-toplevel
   rows = []
-  for name, s in sorted(summary.items(), key=lambda kv: -kv[1]["macro_accuracy"]):
+  def by_auc(item):
+    auc = item[1].get("auc", float("nan"))
+    return -auc if np.isfinite(auc) else float("inf")
+
+  for name, s in sorted(summary.items(), key=by_auc):
     row = {"method": name}
+    for key, label in (("auc", "AUC"), ("acc_at_best_cost", "acc @ best cost"),
+                       ("acc_at_half_best_cost", "acc @ half best cost")):
+      row[label] = f"{s.get(key, np.nan):.3f} ± {s.get(key + '_std', np.nan):.3f}"
     row.update({d: s["per_dataset"].get(d, float("nan")) for d in dataset_names})
     row["macro acc"] = f"{s['macro_accuracy']:.3f} ± {s['macro_accuracy_std']:.3f}"
     row["acc"] = f"{s['accuracy']:.3f} ± {s['accuracy_std']:.3f}"
@@ -231,10 +314,8 @@ def plot_styles(names):
 
 
 def cost_quality_series(summary):
-  """The summary rows drawn as points: RL methods, best single, random (oracle has its star)."""
-  return [name for name in summary
-          if name.split(" ")[0] not in NON_RL + ("oracle",)
-          or name.split(" ")[0] in ("best_single", "random")]
+  """The summary rows drawn as a curve and a point: all but the oracle (it has its star)."""
+  return [name for name in summary if name.split(" ")[0] != "oracle"]
 
 
 def plot(runs, summary, table, workdir):
@@ -249,18 +330,18 @@ def plot(runs, summary, table, workdir):
     ax.scatter(m["cost"], m["accuracy"], marker="x", color="grey")
   oracle = split_metrics(test, evaluate.oracle_choices(test))
   ax.scatter(oracle["cost"], oracle["accuracy"], marker="*", s=150, color="gold", label="oracle")
-  sweeps = [name for name in ("erp", "knn") if name in runs and "curve" in runs[name][0]]
   points = cost_quality_series(summary)
-  styles = plot_styles(sweeps + points)
-  for name in sweeps:
-    pts = np.array(evaluate.pareto_front(runs[name][0]["curve"]))
-    ax.plot(pts[:, 0], pts[:, 1], "--", color=styles[name][0],
-            label=f"{name} (cost-weight sweep)")
+  styles = plot_styles(points)
   for name in points:
     s = summary[name]
     colour, marker = styles[name]
+    front = np.array(runs[name][0]["test"].get("curve", []))
+    if len(front) > 1:
+      ax.plot(front[:, 0], front[:, 1], "-", lw=1, color=colour)
     ax.errorbar(s["cost"], s["accuracy"], xerr=s["cost_std"], yerr=s["accuracy_std"],
-                fmt=marker, color=colour, label=name, capsize=2)
+                fmt=marker, color=colour, capsize=2,
+                label=f"{name} (AUC {s['auc']:.3f})" if np.isfinite(s.get("auc", np.nan))
+                else name)
   ax.set_xscale("log")
   ax.set_xlabel("average cost per query (USD, test)")
   ax.set_ylabel("accuracy (test)")
@@ -355,7 +436,7 @@ def run_all(tables, runs, bar, config, started, timing):
 
 def main(argv):
   del argv
-  from recal_jax import advantage, evaluate, train  # pylint: disable=import-outside-toplevel
+  from recal_jax import advantage, train  # pylint: disable=import-outside-toplevel
   from recal_jax.training import console  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
@@ -383,9 +464,7 @@ def main(argv):
     run_all(tables, runs, bar, config, started, timing)
   bar.close()
   test = base.subset("test")
-  oracle = split_metrics(test, evaluate.oracle_choices(test))
-  runs["oracle (bound)"] = [{"test": oracle, "validation": split_metrics(
-      base.subset("validation"), evaluate.oracle_choices(base.subset("validation")))}]
+  runs["oracle (bound)"] = [oracle_result(base)]
   summary = summarize(runs)
   results = {"table": base.describe(), "config": json.loads(config.to_json_best_effort()),
              "seeds": FLAGS.seeds, "methods": FLAGS.methods, "summary": summary, "runs": runs,

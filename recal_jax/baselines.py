@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import itertools
 from typing import Any, Callable, Mapping, Sequence
 
@@ -469,25 +468,70 @@ class MLPScoreRegressor(Router):
     return np.asarray(self._apply(self._params, x, self._prior), np.float64)
 
 
-_GRAMS: dict[bytes, list[np.ndarray]] = {}
+class _GroupRidge:
+  """Per-arm ridge regression with an unpenalised intercept per group.
 
+    (w_a, b_a) = arg min sum_q m[q, a] (y[q, a] - b_a[g(q)] - z_q w_a)^2 + ridge |w_a|^2
 
-def _masked_grams(x: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
-  """[X^T diag(mask[:, a]) X for each arm a], remembered for the last few (x, mask).
+  In closed form (Frisch-Waugh-Lovell): with zbar[g, a], ybar[g, a] the masked
+  means over the training queries of group g, z~ = z - zbar[g(q), a] and
+  y~ = y - ybar[g(q), a],
 
-  A ridge grid and the score and cost models of one fit share X and the mask,
-  so each gram (the costly [D, D] product) is computed once for all of them.
+    w_a = (z~^T M_a z~ + ridge I)^{-1} z~^T M_a y~,   b_a[g] = ybar[g, a] - zbar[g, a] w_a.
+
+  ybar is `_GroupMeans` (so with w = 0 the prediction is exactly its output),
+  zbar follows the same fallback: a (group, arm) cell with no logged outcome,
+  or a group unseen in training, uses the arm's overall means. Groups are
+  datasets (`by_dataset`) or one group of all queries. `ridge=inf` means w = 0.
   """
-  digest = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16)
-  digest.update(str((x.shape, mask.shape)).encode())
-  digest.update(np.ascontiguousarray(mask, bool).tobytes())
-  key = digest.digest()
-  if key not in _GRAMS:
-    if len(_GRAMS) >= 4:
-      _GRAMS.pop(next(iter(_GRAMS)))
-    _GRAMS[key] = [x.T @ (mask[:, a].astype(np.float64)[:, None] * x)
-                   for a in range(mask.shape[1])]
-  return _GRAMS[key]
+
+  def __init__(self, train: RoutingTable, z: np.ndarray, y: np.ndarray, ridge: float,
+               by_dataset: bool):
+    mask = train.outcome_mask.astype(np.float64)  # [Q, A]
+    self.intercept = _GroupMeans(train, y, by_dataset=by_dataset)
+    self.by_dataset, self.dataset_names = by_dataset, train.dataset_names
+    num_arms, dim = y.shape[1], z.shape[1]
+    overall = (mask.T @ z) / np.maximum(mask.sum(0), 1.0)[:, None]  # [A, D]
+    one_hot = (_dataset_one_hot(train, train.dataset_names).astype(np.float64) if by_dataset
+               else np.ones((train.num_queries, 1)))  # [Q, G]
+    count = one_hot.T @ mask  # [G, A]
+    sums = np.einsum("qg,qa,qd->gad", one_hot, mask, z)
+    self.zbar = np.where(count[..., None] > 0, sums / np.maximum(count, 1.0)[..., None],
+                         overall[None])  # [G, A, D]
+    self.zbar_overall = overall
+    self.weights = np.zeros((dim, num_arms))  # [D, A]
+    if dim == 0 or not np.isfinite(ridge):
+      return
+    ybar = self.intercept(train)  # [Q, A]
+    groups = one_hot.argmax(1)
+    for arm in range(num_arms):
+      m = mask[:, arm]
+      z_res = z - self.zbar[groups, arm]
+      y_res = np.where(m > 0, y[:, arm] - ybar[:, arm], 0.0)
+      gram = z_res.T @ (m[:, None] * z_res) + (ridge + 1e-10) * np.eye(dim)
+      self.weights[:, arm] = np.linalg.solve(gram, z_res.T @ (m * y_res))
+
+  def _zbar_rows(self, table: RoutingTable) -> np.ndarray:
+    """[Q, A, D] zbar of each query's group (the arm's overall means if unseen)."""
+    if not self.by_dataset:
+      return np.broadcast_to(self.zbar[0], (table.num_queries,) + self.zbar.shape[1:])
+    one_hot = _dataset_one_hot(table, self.dataset_names)
+    seen = one_hot.sum(1) > 0
+    return np.where(seen[:, None, None], self.zbar[one_hot.argmax(1)],
+                    self.zbar_overall[None])
+
+  def __call__(self, table: RoutingTable, z: np.ndarray) -> np.ndarray:
+    """[Q, A] ybar[g(q), a] + (z_q - zbar[g(q), a]) w_a."""
+    prior = self.intercept(table)
+    if not self.weights.any():
+      return prior
+    residual = z @ self.weights - np.einsum("qad,da->qa", self._zbar_rows(table), self.weights)
+    return prior + residual
+
+  def group_intercepts(self) -> np.ndarray:
+    """[G, A] b[g, a] = ybar[g, a] - zbar[g, a] w_a (G = 1 without datasets)."""
+    ybar = self.intercept.cell_mean if self.by_dataset else self.intercept.arm_mean[None]
+    return ybar - np.einsum("gad,da->ga", self.zbar, self.weights)
 
 
 class ERPRouter(Router):
@@ -496,20 +540,23 @@ class ERPRouter(Router):
   ERP predicts, from the query alone, the expected reward each arm would earn,
   then routes to arg max_a r_hat[q, a] - lambda * c_hat[q, a]. Here the
   expected reward is the expected score. With `reward_model='ridge'`
-  (default) one ridge regression per arm, in closed form:
+  (default) one ridge regression per arm on the standardised query features
+  z (training mean / std) with an intercept per dataset that is never
+  penalised (`_GroupRidge`):
 
-    w_a = (X^T M_a X + ridge * P)^{-1} X^T M_a y_a,    r_hat[q, a] = clip(x_q w_a, 0, 1)
+    r_hat[q, a] = clip(b_a[d(q)] + z_q w_a, 0, 1)
+    (w_a, b_a) = arg min sum_q m[q, a] (score[q, a] - b_a[d(q)] - z_q w_a)^2 + ridge |w_a|^2
 
-  with X = [standardised features (+ dataset one-hot), 1], M_a = diag(mask[:, a]),
-  y_a = score[:, a] and P = diag(1, ..., 1, 1e-8) (the intercept is
-  essentially unpenalised). `reward_model='mlp'` uses `MLPScoreRegressor`
+  with m the outcome mask and d(q) the query's dataset when `use_dataset_id`
+  (else a single intercept for all queries). The dataset prior is never
+  shrunk: with `ridge=inf` or no features, r_hat is exactly the per-dataset
+  training means of `CategoryBestRouter` (the per-arm means of the best single
+  arm without dataset ids), and a finite ridge chosen on validation adds a
+  query residual to it. `reward_model='mlp'` uses `MLPScoreRegressor`
   (`mlp_kwargs` are passed to it). Cost: `cost_model='ridge'` regresses cost
-  per arm the same way (c_hat clipped at 0); `'mean'` uses the training means
-  of `Router` (per dataset with `use_dataset_id`).
-
-  With no features and no dataset id the predictions are the training arm
-  means (the best single arm); with the dataset one-hot only and ridge -> 0,
-  the per-dataset means (the category-best router).
+  per arm the same way (c_hat clipped at 0), so with `ridge=inf` it is the
+  per-dataset mean cost of `CategoryBestRouter`; `'mean'` uses the training
+  means of `Router` (per dataset with `use_dataset_id`).
   """
 
   def __init__(self, ridge: float = 1.0, reward_model: str = "ridge",
@@ -520,38 +567,27 @@ class ERPRouter(Router):
       raise ValueError(f"ERPRouter: reward_model must be 'ridge' or 'mlp', got {reward_model!r}")
     if cost_model not in ("ridge", "mean"):
       raise ValueError(f"ERPRouter: cost_model must be 'ridge' or 'mean', got {cost_model!r}")
-    if ridge < 0:
-      raise ValueError(f"ERPRouter: ridge must be >= 0, got {ridge}")
+    if not ridge >= 0:
+      raise ValueError(f"ERPRouter: ridge must be >= 0 (inf: no query features), got {ridge}")
     self.ridge, self.reward_model, self.cost_model = float(ridge), reward_model, cost_model
     self.use_dataset_id, self.cost_by = use_dataset_id, cost_by
     self.mlp_kwargs = dict(mlp_kwargs or {})
 
-  def _design(self, table: RoutingTable) -> np.ndarray:
-    x = self._standardize(self._inputs(table)).astype(np.float64)
-    return np.concatenate([x, np.ones((len(x), 1))], 1)
-
-  def _solve_ridge(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[D + 1, A] per-arm weighted ridge solutions."""
-    penalty = np.full(x.shape[1], self.ridge)
-    penalty[-1] = 1e-8
-    weights = np.zeros((x.shape[1], y.shape[1]))
-    for arm, gram in enumerate(_masked_grams(x, mask)):
-      m = mask[:, arm].astype(np.float64)
-      weights[:, arm] = np.linalg.solve(gram + np.diag(penalty + 1e-10),
-                                        x.T @ (m * np.where(m > 0, y[:, arm], 0.0)))
-    return weights
+  def _query_features(self, table: RoutingTable) -> np.ndarray:
+    """[Q, D] standardised query features (the dataset one-hot is not among them)."""
+    return self._standardize(np.asarray(table.features, np.float32)).astype(np.float64)
 
   def _fit(self, train):
-    self._standardize = _Standardizer(self._inputs(train))
-    mask = train.outcome_mask.astype(bool)
+    self._standardize = _Standardizer(np.asarray(train.features, np.float32))
+    z = self._query_features(train)
     if self.reward_model == "ridge":
-      self._reward_weights = self._solve_ridge(self._design(train), train.score, mask)
+      self._reward_model = _GroupRidge(train, z, train.score, self.ridge, self.use_dataset_id)
     else:
       kwargs = dict(self.mlp_kwargs)
       kwargs.setdefault("use_dataset_id", self.use_dataset_id)
       self._mlp = MLPScoreRegressor(**kwargs).fit(train)
     if self.cost_model == "ridge":
-      self._cost_weights = self._solve_ridge(self._design(train), train.cost, mask)
+      self._cost_model = _GroupRidge(train, z, train.cost, self.ridge, self.use_dataset_id)
 
   def linear_model(self) -> dict[str, np.ndarray]:
     """The fitted ridge models as arrays (for `recal_jax.outcome_model`).
@@ -559,14 +595,27 @@ class ERPRouter(Router):
     Returns {feature_mean [D'], feature_std [D'], score_weights [D' + 1, A],
     cost_weights [D' + 1, A]} with D' the input width (features, + dataset
     one-hot when `use_dataset_id`): score = clip([(x - mean) / std, 1] @ W, 0, 1).
+    The one-hot columns get mean 0 and std 1 and carry the per-dataset
+    intercepts b[d] (the last row is then 0); without dataset ids the last row
+    is the single intercept.
     """
     if self.reward_model != "ridge" or self.cost_model != "ridge":
       raise ValueError("ERPRouter.linear_model needs reward_model='ridge' and cost_model='ridge'")
     self._check_table_fitted()
-    return {"feature_mean": np.asarray(self._standardize.mean, np.float32),
-            "feature_std": np.asarray(self._standardize.std, np.float32),
-            "score_weights": self._reward_weights.astype(np.float32),
-            "cost_weights": self._cost_weights.astype(np.float32)}
+
+    def stacked(model):
+      intercepts = model.group_intercepts()  # [G, A]
+      if self.use_dataset_id:
+        return np.concatenate([model.weights, intercepts, np.zeros((1, intercepts.shape[1]))])
+      return np.concatenate([model.weights, intercepts])
+
+    num_datasets = len(self._train_dataset_names) if self.use_dataset_id else 0
+    return {"feature_mean": np.concatenate([self._standardize.mean,
+                                            np.zeros(num_datasets)]).astype(np.float32),
+            "feature_std": np.concatenate([self._standardize.std,
+                                           np.ones(num_datasets)]).astype(np.float32),
+            "score_weights": stacked(self._reward_model).astype(np.float32),
+            "cost_weights": stacked(self._cost_model).astype(np.float32)}
 
   def _check_table_fitted(self) -> None:
     if self._train_arms is None:
@@ -576,13 +625,13 @@ class ERPRouter(Router):
     self._check_table(table, needs_features=True)
     if self.reward_model == "mlp":
       return self._mlp.predict_scores(table)
-    return np.clip(self._design(table) @ self._reward_weights, 0.0, 1.0)
+    return np.clip(self._reward_model(table, self._query_features(table)), 0.0, 1.0)
 
   def expected_cost(self, table):
     self._check_table(table, needs_features=True)
     if self.cost_model == "mean":
       return super().expected_cost(table)
-    return np.maximum(self._design(table) @ self._cost_weights, 0.0)
+    return np.maximum(self._cost_model(table, self._query_features(table)), 0.0)
 
 
 # -------------------------------------------------------- model selection
@@ -608,7 +657,9 @@ def select_on_validation(make_router: Callable[..., Router],
                          grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]],
                          train: RoutingTable, val: RoutingTable,
                          metric: str | Callable[[RoutingTable, np.ndarray], float] = "accuracy",
-                         cost_weight: float = 0.0) -> Selection:
+                         cost_weight: float = 0.0,
+                         router_metric: Callable[[RoutingTable, Router], float] | None = None
+                         ) -> Selection:
   """Fits `make_router(**params)` on `train` for each params; keeps the best on `val`.
 
   Args:
@@ -619,6 +670,9 @@ def select_on_validation(make_router: Callable[..., Router],
       'accuracy', 'macro_accuracy'), or `fn(val, choices) -> float` (higher
       is better; e.g. accuracy minus lambda * cost).
     cost_weight: passed to `router.choose` on `val`.
+    router_metric: `fn(val, fitted_router) -> float` (higher is better), in
+      place of `metric` and `cost_weight`: for a figure of the whole router,
+      e.g. the AUC of its cost-weight sweep (`recal_jax.curves`).
 
   Returns:
     `Selection(params, router, value, results)`; ties keep the first in grid
@@ -633,7 +687,8 @@ def select_on_validation(make_router: Callable[..., Router],
   best, results = None, []
   for params in candidates:
     router = make_router(**params).fit(train)
-    value = float(metric(val, router.choose(val, cost_weight=cost_weight)))
+    value = float(router_metric(val, router) if router_metric is not None
+                  else metric(val, router.choose(val, cost_weight=cost_weight)))
     results.append((params, value))
     if best is None or value > best.value:
       best = Selection(params=params, router=router, value=value, results=results)

@@ -124,7 +124,7 @@ class Router:
   # ------------------------------------------------------------ loading
   @classmethod
   def load(cls, workdir: str, checkpoint: str | int = "best",
-           featurizer: Optional[str] = None) -> "Router":
+           featurizer: Optional[str] = None, text_featurizer: bool = True) -> "Router":
     """Restores a router from a training work dir.
 
     Args:
@@ -132,6 +132,8 @@ class Router:
       checkpoint: 'best' (best on validation), 'latest', or a step number.
       featurizer: optionally the featurizer identity the caller expects; an
         error if the router was trained with another one.
+      text_featurizer: build the featurizer that routes texts; False routes
+        features only (e.g. a table's own features in `experiments.compare`).
 
     Raises:
       FileNotFoundError: no work dir, no config / table description, or no
@@ -164,8 +166,9 @@ class Router:
       raise ValueError(f"{workdir}/{outcome_lib.FILENAME} is for {outcome.num_arms} arms x "
                        f"{outcome.feature_dim} features, the router for {len(arms)} x "
                        f"{description['feature_dim']}")
+    make_text_featurizer = text_featurizer
     text_featurizer = None
-    if recorded not in ("none", "synthetic-latent"):
+    if make_text_featurizer and recorded not in ("none", "synthetic-latent"):
       from recal_jax.data import features as features_lib  # pylint: disable=import-outside-toplevel
       text_featurizer = features_lib.make_featurizer(
           recorded, dataset_names=description["datasets"])  # for '...+dataset_id' routers
@@ -219,6 +222,18 @@ class Router:
     if not np.isfinite(features).all():
       raise ValueError(f"features row {int(np.argwhere(~np.isfinite(features))[0, 0])} is not finite")
     return features
+
+  def arm_scores(self, texts_or_features, datasets=None) -> tuple[np.ndarray, np.ndarray]:
+    """([Q, A] log pi(a | x), [Q, A] expected cost c(x, a)): what `cost_weight` trades off.
+
+    An arm the policy cannot produce (log-probability -inf) gets -1e30, so
+    both arrays are finite.
+    """
+    features = self.featurize(texts_or_features, datasets)
+    arm_logp = jax.device_get(self.policy.arm_log_probs(self.params, features))
+    _, cost = jax.device_get(self.outcome.predict(features))
+    return (np.maximum(np.asarray(arm_logp, np.float64), -1e30),
+            np.asarray(cost, np.float64))
 
   def route(self, texts_or_features, cost_weight: Optional[float] = None,
             budget: Optional[float] = None, datasets=None) -> RouteResult:

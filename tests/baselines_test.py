@@ -119,11 +119,42 @@ class TestHandTable:
                                atol=1e-5)
 
   def test_erp_dataset_only_is_category_best(self):
-    table = hand_table(features=np.zeros((4, 0)))
-    erp = baselines.ERPRouter(ridge=1e-6, use_dataset_id=True).fit(table)
-    category = baselines.CategoryBestRouter().fit(table)
-    np.testing.assert_allclose(erp.predict_scores(table), category.predict_scores(table),
-                               atol=1e-4)
+    # The one-hot alone (no query features, or ridge = inf) gives exactly the
+    # per-dataset means: same scores, costs and choices at every cost weight.
+    category = baselines.CategoryBestRouter().fit(hand_table())
+    for table, ridge in ((hand_table(features=np.zeros((4, 0))), 1e-6),
+                         (hand_table(), np.inf)):
+      erp = baselines.ERPRouter(ridge=ridge, use_dataset_id=True).fit(table)
+      np.testing.assert_array_equal(erp.predict_scores(table), category.predict_scores(table))
+      np.testing.assert_array_equal(erp.expected_cost(table), category.expected_cost(table))
+      for weight in (0.0, 0.05, 0.1, 1.0):
+        np.testing.assert_array_equal(erp.choose(table, weight), category.choose(table, weight))
+
+  def test_erp_matches_least_squares_with_unpenalised_dataset_intercepts(self):
+    # Reference: min |y - [onehot, z] beta|^2 + ridge |w|^2 by augmented least
+    # squares, the one-hot columns carrying no penalty.
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 2)).astype(np.float32)
+    table = hand_table(features=features)
+    ridge = 0.3
+    erp = baselines.ERPRouter(ridge=ridge, use_dataset_id=True).fit(table)
+    z = (features - features.mean(0)) / features.std(0)
+    one_hot = np.eye(2)[table.dataset_ids]
+    design = np.concatenate([one_hot, z], 1)
+    penalty = np.concatenate([np.zeros((2, 2)), np.sqrt(ridge) * np.eye(2)], 1)
+    expected = []
+    for arm in range(3):
+      beta = np.linalg.lstsq(np.concatenate([design, penalty]),
+                             np.concatenate([table.score[:, arm], np.zeros(2)]), rcond=None)[0]
+      expected.append(design @ beta)
+    np.testing.assert_allclose(erp.predict_scores(table), np.clip(np.stack(expected, 1), 0, 1),
+                               atol=1e-6)
+    # linear_model (one-hot columns carry the intercepts) reproduces the predictions.
+    model = erp.linear_model()
+    x = np.concatenate([features, one_hot], 1)
+    x = np.concatenate([(x - model["feature_mean"]) / model["feature_std"], np.ones((4, 1))], 1)
+    np.testing.assert_allclose(np.clip(x @ model["score_weights"], 0, 1),
+                               erp.predict_scores(table), atol=1e-5)
 
   def test_random_is_deterministic(self):
     table = hand_table()
@@ -153,6 +184,12 @@ class TestHandTable:
         baselines.KNNRouter, [{"k": 4}, {"k": 1}], table, table, metric=metric)
     assert selection.params == {"k": 1} and selection.value == pytest.approx(0.8125)
     assert [v for _, v in selection.results] == pytest.approx([0.5, 0.8125])
+    # A figure of the whole router: the number of distinct arms it uses at
+    # lambda = 0 (k = 1: three; k = 4: one), k = 4 listed first.
+    selection = baselines.select_on_validation(
+        baselines.KNNRouter, [{"k": 4}, {"k": 1}], table, table,
+        router_metric=lambda val, router: len(set(router.choose(val).tolist())))
+    assert selection.params == {"k": 1} and selection.value == 3.0
     with pytest.raises(ValueError, match="empty"):
       baselines.select_on_validation(baselines.KNNRouter, [], table, table)
 
@@ -284,25 +321,6 @@ class TestSynthetic:
     other_seed = baselines.MLPScoreRegressor(seed=1).fit(train).predict_scores(test)
     assert np.abs(scores - other_seed).max() > 1e-4
 
-  def test_erp_gram_cache_changes_no_number(self, synthetic):
-    """Fits that reuse remembered grams equal fits that compute them afresh."""
-    train, test = synthetic
-    def fresh(ridge, table):
-      baselines._GRAMS.clear()  # pylint: disable=protected-access
-      return baselines.ERPRouter(ridge=ridge).fit(table).predict_scores(test)
-    for ridge in (0.1, 100.0):  # the second fit of each pair reuses the first's grams
-      baselines.ERPRouter(ridge=1.0).fit(train)
-      cached = baselines.ERPRouter(ridge=ridge).fit(train).predict_scores(test)
-      np.testing.assert_array_equal(cached, fresh(ridge, train))
-    # Another outcome mask (same features) is another gram: no stale reuse.
-    mask = train.outcome_mask.copy()
-    mask[: len(mask) // 2, 0] = False
-    masked = dataclasses.replace(train, outcome_mask=mask)
-    baselines.ERPRouter(ridge=1.0).fit(train)
-    cached = baselines.ERPRouter(ridge=1.0).fit(masked).predict_scores(test)
-    np.testing.assert_array_equal(cached, fresh(1.0, masked))
-    assert np.abs(cached - fresh(1.0, train)).max() > 1e-6
-
 
 # ------------------------------------------------------------------ real logs
 def _load_real(name):
@@ -330,3 +348,14 @@ def test_real_reference_numbers(name, best_single, oracle):
       best_single, abs=6e-4)
   upper = baselines.OracleRouter().fit(table).choose(table)
   assert evaluate.route_metrics(table, upper)["accuracy"] == pytest.approx(oracle, abs=6e-4)
+
+
+@pytest.mark.parametrize("name", ["llmrouter_seven", "routeprofile"])
+def test_real_erp_without_query_residual_is_category_best(name):
+  """ERP +id with ridge = inf routes exactly as category best on a real log's test split."""
+  table = _load_real(name)
+  train, test = table.subset("train"), table.subset("test")
+  erp = baselines.ERPRouter(ridge=np.inf, use_dataset_id=True).fit(train)
+  category = baselines.CategoryBestRouter().fit(train)
+  for weight in (0.0, 1e2, 1e3, 1e4):
+    np.testing.assert_array_equal(erp.choose(test, weight), category.choose(test, weight))

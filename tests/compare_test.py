@@ -55,6 +55,13 @@ def test_compare_command(tmp_path):
   row = next(line for line in text.splitlines() if line.startswith("| recal |"))
   assert f"{recal['macro_accuracy']:.3f} ± {recal['macro_accuracy_std']:.3f}" in row
   assert f"{recal['cost'] * 1e4:.2f}" in row
+  # Every method, RL ones included, has a swept curve read off at matched cost.
+  for name, s in summary.items():
+    assert 0 < s["auc"] <= 1 and 0 < s["acc_at_half_best_cost"] <= 1, name
+    assert s["acc_at_half_best_cost"] <= s["acc_at_best_cost"] + 1e-9, name
+    assert "auc_std" in s and "acc_at_half_best_cost_std" in s, name
+  assert len(results["runs"]["recal"][0]["test"]["curve"]) > 1
+  assert f"{recal['auc']:.3f} ± {recal['auc_std']:.3f}" in row
   # The oracle bounds every router on the same test split.
   assert all(s["accuracy"] <= summary["oracle (bound)"]["accuracy"] + 1e-9
              for s in summary.values())
@@ -66,4 +73,5 @@ def test_plot_styles_are_distinct_and_oracle_is_drawn_once():
   assert len(set(styles.values())) == len(names)  # no two curves share colour and marker
   summary = {name: {} for name in ("oracle", "recal", "recal +id", "best_single", "random",
                                    "knn", "knn +id", "category_best", "erp +id")}
-  assert compare.cost_quality_series(summary) == ["recal", "recal +id", "best_single", "random"]
+  assert compare.cost_quality_series(summary) == ["recal", "recal +id", "best_single", "random",
+                                                  "knn", "knn +id", "category_best", "erp +id"]

@@ -80,6 +80,21 @@ def test_budget_and_cost_weight(trained):
     router.route(features, budget=-1.0)
 
 
+def test_arm_scores_sweep_is_route_with_cost_weight(trained):
+  """curves.sweep_choices over arm_scores picks what route(cost_weight=w) picks."""
+  from recal_jax import curves  # pylint: disable=import-outside-toplevel
+  workdir, table = trained
+  router = router_lib.Router.load(workdir, text_featurizer=False)
+  assert router.featurizer is None
+  features = table.subset("test").features
+  logp, cost = router.arm_scores(features)
+  weights = [0.0, 1e2, 1e3, 1e4, 1e5]
+  for w, choices in zip(weights, curves.sweep_choices(logp, cost, weights)):
+    routed = router.route(features, cost_weight=w).arm_index
+    # route breaks exact ties by index, the sweep by expected cost: only ties may differ.
+    assert np.mean(choices == routed) > 0.99, w
+
+
 def test_load_restores_params_without_the_trainer(trained):
   """Router.load reads the params item alone: no trainer, optimizer or state."""
   workdir, _ = trained

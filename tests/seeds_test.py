@@ -88,3 +88,16 @@ def test_bad_arguments_are_named():
   config.environment = "live"
   with pytest.raises(train.ConfigError, match="logged"):
     seeds_lib.train_seeds(config, [0])
+
+
+def test_best_params_are_the_single_runs_best_checkpoint(runs):
+  """'best_params' (what compare sweeps the cost knob of) == the single run's
+  best checkpoint as `Router.load` restores it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from recal_jax import router as router_lib  # pylint: disable=import-outside-toplevel
+  for vmapped, single_dir in zip(runs["vmapped"], runs["single_dirs"]):
+    restored = router_lib.Router.load(single_dir, text_featurizer=False).params
+    got, want = jax.tree.leaves(vmapped["best_params"]), jax.tree.leaves(restored)
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -93,7 +93,9 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *,
   Returns:
     One dict per seed, in the order of `seeds`, with the keys of
     `train_and_evaluate`'s result, plus 'seconds/compile' (compiling the
-    chunk program) and 'seconds/total' (this call), shared by the seeds.
+    chunk program) and 'seconds/total' (this call), shared by the seeds,
+    and 'best_params' (the seed's parameters at its best step, host arrays;
+    not written to `final_metrics.json`).
 
   Raises:
     ConfigError: a config value the loop cannot run with, no seeds, repeated
@@ -209,6 +211,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int], *,
   if workdirs is not None:
     for workdir, record, result in zip(workdirs, records, results):
       _write_run(workdir, record.records, result)
+  for record, result in zip(records, results):
+    result["best_params"] = record.best_params
   return results
 
 
