@@ -396,22 +396,33 @@ class ConfigChecksTest(absltest.TestCase):
 
 class ExperimentMainTest(absltest.TestCase):
 
+  def _run_quick(self, steps, every, *flags_, env=None):
+    """`python -m experiments.train` on the quick config (300 queries), checked to exit 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--config={quick.__file__}",
+         f"--workdir={_tempdir(self)}", *flags_, f"--config.num_train_steps={steps}",
+         "--config.data.num_queries=300"] + [
+             f"--config.{name}_every_steps={every}" for name in ("log", "eval", "checkpoint")],
+        cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    return proc
+
   def test_default_output_is_a_few_short_lines(self):
     """No config dump, no TPU-probe or Orbax INFO lines, lines < 200 chars."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # probes TPU
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--config={quick.__file__}",
-         f"--workdir={_tempdir(self)}", "--config.num_train_steps=8",
-         "--config.data.num_queries=300", "--config.log_every_steps=4",
-         "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"],
-        cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    proc = self._run_quick(8, 4, env=env)
     lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
     self.assertLessEqual(len(lines), 25, "\n".join(lines))
     self.assertEqual([l for l in lines if len(l) >= 200], [])
     for noise in ("Unable to initialize backend", "orbax", "Config:", "checkpoint_manager"):
       self.assertFalse([l for l in lines if noise in l], noise)
     self.assertTrue(any("step 8 train: reward=" in l for l in lines), "\n".join(lines))
+
+  def test_verbose_checkpointing_shows_orbax_lines(self):
+    """--verbose_checkpointing turns the console filter off (at the default verbosity)."""
+    proc = self._run_quick(2, 2, "--verbose_checkpointing")
+    orbax = [l for l in proc.stderr.splitlines() if "checkpoint_manager" in l or "orbax" in l]
+    self.assertGreater(len(orbax), 2, proc.stderr[-3000:])
 
   def test_quick_config_through_main(self):
     from experiments import train as train_main  # pylint: disable=import-outside-toplevel
