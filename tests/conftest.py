@@ -56,6 +56,10 @@ SLOW_TESTS = frozenset({
     "tests/real_data_test.py::test_routellm_counts_after_contamination_drop",
     "tests/policies_test.py::TokenPolicyTest::"
     "test_arm_log_probs_equal_teacher_forced_route_log_probs",
+    # Large by what they check: every method preset x both layouts (12 compiles of the
+    # whole `recal_advantages`, ~50 s on an idle machine), and N = 2^20 rows.
+    "tests/exactness_test.py::ZeroSpreadTest::test_recal_keeps_zero_through_dataset_normalisation",
+    "tests/exactness_test.py::PrecisionAtScaleTest::test_recal_at_2_pow_20",
 })
 
 
