@@ -22,7 +22,6 @@ exit status 2; a crash prints one line and exits 1; `--verbosity=1` adds the
 traceback (`experiments/cli.py`).
 """
 
-import logging as std_logging
 import sys
 
 from absl import app
@@ -33,29 +32,24 @@ from ml_collections import config_flags
 from experiments import cli
 from recal_jax import evaluate
 from recal_jax import train
+from recal_jax.training import console
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard files.")
 flags.DEFINE_bool("verbose_checkpointing", False,
-                  "Show Orbax's INFO logs (hidden by default: one line per file written).")
+                  "Show Orbax's and JAX's INFO logs (hidden by default below --verbosity=1: Orbax "
+                  "writes one line per checkpoint file).")
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _HideOrbaxInfo(std_logging.Filter):
-  """Drops Orbax's INFO records (it logs every file of every checkpoint)."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  if not FLAGS.verbose_checkpointing:
-    logging.get_absl_handler().addFilter(_HideOrbaxInfo())
+  if FLAGS.verbose_checkpointing:
+    console.show_third_party_logs()  # else the training loop hides them (below --verbosity=1)
   config = cli.load_config()
   cli.validate_config(config)
   logging.vlog(1, "Config:\n%s", config)  # the full record is workdir/config.json

@@ -16,6 +16,18 @@ atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["RECAL_TFDS_DIR"] = os.path.join(_SCRATCH, "tfds")
 os.environ["TFDS_DATA_DIR"] = os.path.join(_SCRATCH, "tensorflow_datasets")
 
+# One persistent XLA compilation cache for the whole test run: the test
+# processes (pytest-xdist workers inherit this environment from the process
+# that imports conftest first) and the apps the tests start as subprocesses.
+# Every `train_and_evaluate` call jits fresh functions, and one chunk program
+# takes ~20 CPU-s to compile; the tests that train give their runs the same
+# shapes (see train_test.py) so most of these compiles become cache reads.
+if "RECAL_TEST_COMPILATION_CACHE" not in os.environ:
+  os.environ["RECAL_TEST_COMPILATION_CACHE"] = os.path.join(_SCRATCH, "jax_cache")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["RECAL_TEST_COMPILATION_CACHE"]
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 _FLAG = "--xla_force_host_platform_device_count=4"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
@@ -44,6 +56,10 @@ SLOW_TESTS = frozenset({
     "tests/real_data_test.py::test_routellm_counts_after_contamination_drop",
     "tests/policies_test.py::TokenPolicyTest::"
     "test_arm_log_probs_equal_teacher_forced_route_log_probs",
+    # Large by what they check: every method preset x both layouts (12 compiles of the
+    # whole `recal_advantages`, ~50 s on an idle machine), and N = 2^20 rows.
+    "tests/exactness_test.py::ZeroSpreadTest::test_recal_keeps_zero_through_dataset_normalisation",
+    "tests/exactness_test.py::PrecisionAtScaleTest::test_recal_at_2_pow_20",
 })
 
 

@@ -29,8 +29,8 @@ def trained(tmp_path_factory):
   config = quick.get_config()
   config.data.featurizer = "hashing"
   config.num_train_steps = 30
-  config.eval_every_steps = 10
-  config.checkpoint_every_steps = 15
+  # Chunks of 15 steps: one compiled chunk program (uneven boundaries compile one per length).
+  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 15
   config.num_devices = 1
   table = train.load_data(config)
   train.train_and_evaluate(config, workdir, table=table)

@@ -13,7 +13,6 @@ from unittest import mock
 from absl import flags
 from absl.testing import absltest
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -33,28 +32,6 @@ from recal_jax import train
 from recal_jax.data import synthetic
 
 _TABLE = None
-_CACHE = {}
-
-
-def setUpModule():
-  # The runs below compile the same programs again and again (every
-  # `train_and_evaluate` call builds fresh jitted functions); a persistent
-  # compilation cache for this module turns most compiles into cache hits.
-  _CACHE["dir"] = tempfile.TemporaryDirectory()
-  _CACHE["saved"] = {name: getattr(jax.config, name) for name in (
-      "jax_persistent_cache_min_compile_time_secs",
-      "jax_persistent_cache_min_entry_size_bytes")}
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.set_cache_dir(_CACHE["dir"].name)
-
-
-def tearDownModule():
-  jax.config.update("jax_compilation_cache_dir", None)
-  compilation_cache.reset_cache()
-  for name, value in _CACHE["saved"].items():
-    jax.config.update(name, value)
-  _CACHE["dir"].cleanup()
 
 
 def small_table():
@@ -182,51 +159,46 @@ def fns_replicated(mesh):
 
 
 class ResumeTest(absltest.TestCase):
-  """Resuming, the live-environment path and workdir checks, against one run."""
+  """Resuming, the live-environment path and workdir checks, against one run.
+
+  Chunks of 6 steps on one device: FusedStepsTest's compiled programs."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls._directory = tempfile.TemporaryDirectory()
     cls.straight = cls._directory.name
-    train.train_and_evaluate(cls.config(20), cls.straight, table=small_table())
+    train.train_and_evaluate(_fused_config(steps=12), cls.straight, table=small_table())
 
   @classmethod
   def tearDownClass(cls):
     cls._directory.cleanup()
     super().tearDownClass()
 
-  @staticmethod
-  def config(steps):
-    config = small_config(steps=steps)
-    config.checkpoint_every_steps = 10
-    config.eval_every_steps = 10
-    return config
-
   def test_resume_gives_identical_params(self):
     resumed = _tempdir(self)
-    train.train_and_evaluate(self.config(10), resumed, table=small_table())
-    result = train.train_and_evaluate(self.config(20), resumed,
+    train.train_and_evaluate(_fused_config(steps=6), resumed, table=small_table())
+    result = train.train_and_evaluate(_fused_config(steps=12), resumed,
                                       table=small_table())  # a fresh call
-    self.assertEqual(result["step"], 20)
+    self.assertEqual(result["step"], 12)
     self.assertNotIn("initial/validation/reward", result)  # it did resume
-    jax.tree.map(np.testing.assert_array_equal, _params_at(self.straight, 20),
-                 _params_at(resumed, 20))
+    jax.tree.map(np.testing.assert_array_equal, _params_at(self.straight, 12),
+                 _params_at(resumed, 12))
 
   def test_live_environment_path_matches_fused_step(self):
-    config = self.config(10)
+    config = _fused_config(steps=6)
     config.environment = "live"  # LoggedEnvironment through the host callback
     live = _tempdir(self)
     train.train_and_evaluate(config, live, table=small_table())
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-                 _params_at(self.straight, 10), _params_at(live, 10))
+                 _params_at(self.straight, 6), _params_at(live, 6))
 
   def test_other_table_in_workdir_is_rejected(self):
     other = synthetic.make_synthetic(600, seed=4, feature_dim=16)
     table_json = os.path.join(self.straight, "table.json")
     before = open(table_json).read()
     with self.assertRaisesRegex(ValueError, "fingerprint"):
-      train.train_and_evaluate(self.config(30), self.straight, table=other)
+      train.train_and_evaluate(_fused_config(steps=18), self.straight, table=other)
     self.assertEqual(open(table_json).read(), before)  # a refused run changes nothing
 
 
@@ -255,7 +227,9 @@ def _digest(params):
   return h.hexdigest()[:16]
 
 
-def _fused_config(steps=12, updates=1, log_every=4):
+def _fused_config(steps=12, updates=1, log_every=6):
+  """Chunks of `log_every` steps on one device; the default (6) is the program most runs
+  here share (tests/conftest.py: one persistent compilation cache per test run)."""
   config = small_config(steps=steps)
   config.num_updates_per_batch = updates
   config.num_devices = 1
@@ -296,7 +270,7 @@ class FusedStepsTest(absltest.TestCase):
 
   def test_chunks_are_bitwise_the_recorded_per_step_run(self):
     chunked = _tempdir(self)
-    train.train_and_evaluate(_fused_config(log_every=6), chunked, table=small_table())
+    train.train_and_evaluate(_fused_config(), chunked, table=small_table())
     self.assertEqual(_digest(_params_at(chunked, 12)), self.RECORDED_DIGEST)
     # Other chunk boundaries (chunks of 2): the same bits.
     pairs = _tempdir(self)
@@ -306,7 +280,8 @@ class FusedStepsTest(absltest.TestCase):
   def test_updates_per_batch_scan_matches_the_recorded_unrolled_updates(self):
     """A rolled lax.scan may round differently from the unrolled loop: to 1e-5."""
     workdir = _tempdir(self)
-    train.train_and_evaluate(_fused_config(updates=2), workdir, table=small_table())
+    train.train_and_evaluate(_fused_config(updates=2), workdir,
+                             table=small_table())
     params = _params_at(workdir, 12)
     got = {jax.tree_util.keystr(path): (np.asarray(x, np.float64).sum(),
                                         np.abs(np.asarray(x, np.float64)).sum())
@@ -329,7 +304,7 @@ class FusedStepsTest(absltest.TestCase):
       return fns
 
     with mock.patch("recal_jax.training.learner.make_step_functions", counting):
-      train.train_and_evaluate(_fused_config(log_every=6), _tempdir(self),
+      train.train_and_evaluate(_fused_config(), _tempdir(self),
                                table=small_table())
     self.assertEqual(calls, [(6, 32), (6, 32)])
 
@@ -342,7 +317,7 @@ class WorkdirRecordTest(absltest.TestCase):
     train.train_and_evaluate(_fused_config(steps=6), workdir, table=small_table())
     config_json = os.path.join(workdir, "config.json")
     before = open(config_json).read()
-    other = _fused_config(steps=12)
+    other = _fused_config(steps=12)  # chunks of 6: one program per method
     other.method = "grpo"
     with self.assertRaisesRegex(train.WorkdirConflictError,
                                 r"method: 'recal' -> 'grpo'.*override_saved_config"):
@@ -399,22 +374,33 @@ class ConfigChecksTest(absltest.TestCase):
 
 class ExperimentMainTest(absltest.TestCase):
 
+  def _run_quick(self, steps, every, *flags_, env=None):
+    """`python -m experiments.train` on the quick config (300 queries), checked to exit 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"--config={quick.__file__}",
+         f"--workdir={_tempdir(self)}", *flags_, f"--config.num_train_steps={steps}",
+         "--config.data.num_queries=300"] + [
+             f"--config.{name}_every_steps={every}" for name in ("log", "eval", "checkpoint")],
+        cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    return proc
+
   def test_default_output_is_a_few_short_lines(self):
     """No config dump, no TPU-probe or Orbax INFO lines, lines < 200 chars."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # probes TPU
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--config={quick.__file__}",
-         f"--workdir={_tempdir(self)}", "--config.num_train_steps=8",
-         "--config.data.num_queries=300", "--config.log_every_steps=4",
-         "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"],
-        cwd=_REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    proc = self._run_quick(8, 4, env=env)
     lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
     self.assertLessEqual(len(lines), 25, "\n".join(lines))
     self.assertEqual([l for l in lines if len(l) >= 200], [])
     for noise in ("Unable to initialize backend", "orbax", "Config:", "checkpoint_manager"):
       self.assertFalse([l for l in lines if noise in l], noise)
     self.assertTrue(any("step 8 train: reward=" in l for l in lines), "\n".join(lines))
+
+  def test_verbose_checkpointing_shows_orbax_lines(self):
+    """--verbose_checkpointing turns the console filter off (at the default verbosity)."""
+    proc = self._run_quick(8, 4, "--verbose_checkpointing")  # the compiled programs above
+    orbax = [l for l in proc.stderr.splitlines() if "checkpoint_manager" in l or "orbax" in l]
+    self.assertGreater(len(orbax), 2, proc.stderr[-3000:])
 
   def test_quick_config_through_main(self):
     from experiments import train as train_main  # pylint: disable=import-outside-toplevel

@@ -3,7 +3,9 @@
 At absl verbosity 0 (the default) the console shows a few lines per run:
 third-party INFO records (Orbax writes one per checkpoint file, JAX reports
 "Unable to initialize backend 'tpu'") are dropped and metric lines are short
-(`short_line`, < 200 characters). `--verbosity=1` shows everything. Every
+(`short_line`, < 200 characters). `--verbosity=1` shows everything;
+`show_third_party_logs()` (`experiments.train --verbose_checkpointing`) shows
+the third-party INFO lines only. Every
 scalar always goes to `metrics.jsonl` and TensorBoard (`metrics_writer`).
 
 `progress_bar` is a tqdm bar on stderr (only on a terminal) whose ETA
@@ -28,8 +30,12 @@ _QUIET_SOURCES = ("/orbax/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
 class _HideThirdPartyInfo(std_logging.Filter):
   """Drops INFO records of Orbax and JAX's backend discovery (and one Orbax warning)."""
 
+  def __init__(self):
+    super().__init__()
+    self.hiding = True
+
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if logging.get_verbosity() >= 1 or not any(s in record.pathname for s in _QUIET_SOURCES):
+    if not self.hiding or logging.get_verbosity() >= 1 or not any(s in record.pathname for s in _QUIET_SOURCES):
       return True
     # Orbax warns on every save without metrics when checkpoints are ranked.
     return record.levelno >= std_logging.WARNING and "tracked_metric" not in record.getMessage()
@@ -43,6 +49,15 @@ def quiet_third_party_logs() -> None:
   for target in (logging.get_absl_handler(), std_logging.getLogger()):
     if _FILTER not in target.filters:
       target.addFilter(_FILTER)
+
+
+def show_third_party_logs() -> None:
+  """Lets Orbax / JAX INFO lines through from now on, in this process.
+
+  Later `quiet_third_party_logs()` calls (every training run makes one) keep
+  the filter installed but passing everything.
+  """
+  _FILTER.hiding = False
 
 
 SHORT_KEYS = (("rollout/reward", "reward"), ("rollout/accuracy", "acc"),
