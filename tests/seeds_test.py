@@ -18,8 +18,8 @@ SEEDS = (2, 0)  # not range(S): the position in the stack is not the seed
 def small_config():
   config = default.get_config()
   config.update_from_flattened_dict({
-      "policy.hidden_dims": (32,), "batch_size": 32, "num_train_steps": 20,
-      "log_every_steps": 5, "eval_every_steps": 10, "checkpoint_every_steps": 10,
+      "policy.hidden_dims": (32,), "batch_size": 32, "num_train_steps": 12,
+      "log_every_steps": 4, "eval_every_steps": 4, "checkpoint_every_steps": 4,
       "num_devices": 1})
   return config
 
@@ -33,7 +33,7 @@ def comparable(metrics):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   config = small_config()
-  table = synthetic.make_synthetic(600, seed=3, feature_dim=16)
+  table = synthetic.make_synthetic(400, seed=3, feature_dim=16)
   root = tmp_path_factory.mktemp("seeds")
   vmapped_dirs = [str(root / f"vmapped{s}") for s in SEEDS]
   vmapped = seeds_lib.train_seeds(config, SEEDS, table=table, workdirs=vmapped_dirs)
