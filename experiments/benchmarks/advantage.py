@@ -324,6 +324,7 @@ def baseline_probe(n: int, repeats: int, rev: str) -> dict | None:
   """Times `recal_advantages` of git revision `rev` (read with `git show`)
   against the current one, interleaved in this process."""
   import importlib  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   root = pathlib.Path(__file__).resolve().parents[2]
@@ -331,13 +332,17 @@ def baseline_probe(n: int, repeats: int, rev: str) -> dict | None:
   pkg = tmp / "recal_baseline"
   pkg.mkdir()
   (pkg / "__init__.py").write_text("")
-  try:
-    for name in ("segments", "calibration", "advantage", "rewards"):
+  core = ("segments", "estimators", "hierarchy", "recal_config", "calibration",
+          "advantage", "rewards")  # the core's modules at any revision (some absent)
+  for name in core:
+    try:
       src = subprocess.run(["git", "show", f"{rev}:recal_jax/{name}.py"], cwd=root,
                            capture_output=True, text=True, check=True).stdout
-      (pkg / f"{name}.py").write_text(src.replace("from recal_jax", "from recal_baseline"))
-  except (subprocess.SubprocessError, OSError):
-    return None
+    except (subprocess.SubprocessError, OSError):
+      if name in ("segments", "advantage"):
+        return None
+      continue
+    (pkg / f"{name}.py").write_text(src.replace("from recal_jax", "from recal_baseline"))
   sys.path.insert(0, str(tmp))
   try:
     old = importlib.import_module("recal_baseline.advantage")
@@ -346,8 +351,11 @@ def baseline_probe(n: int, repeats: int, rev: str) -> dict | None:
   comps, gids, dids, mask, num_groups = make_batch(n)
   jfns, _ = jax_functions(num_groups)
   cfg = old.method_config("recal")
+  # Revisions with a static layout argument get the same contiguous layout.
+  layout = ({"group_size": GROUP} if "group_size" in inspect.signature(
+      inspect.unwrap(old.recal_advantages)).parameters else {})
   before = jax.jit(lambda c, g, d, m: old.recal_advantages(
-      c, g, num_groups, d, DATASETS, m, config=cfg)[:2])
+      c, g, num_groups, d, DATASETS, m, config=cfg, **layout)[:2])
   args = [jax.device_put(x) for x in (comps, gids, dids, mask)]
   calls = {f"recal @ {rev}": before, "recal": jfns["recal"],
            "recal_general": jfns["recal_general"]}
@@ -501,7 +509,7 @@ def build_report(results, ragged, probe_res, malloc_res, baseline_res, args,
     lines.append(
         f"Before / after, N = 2^{args.probe_log2}, interleaved in one process "
         f"(`--baseline_rev {args.baseline_rev}`: that revision's "
-        "segments/calibration/advantage read with `git show`): " + ", ".join(
+        "core modules (segments, estimators, calibration, advantage, ...) read with `git show`): " + ", ".join(
             f"{k} {v * 1e3:.2f} ms" for k, v in baseline_res.items()) + ".")
     lines.append("")
   return "\n".join(lines) + "\n"
