@@ -60,6 +60,16 @@ SLOW_TESTS = frozenset({
     # whole `recal_advantages`, ~50 s on an idle machine), and N = 2^20 rows.
     "tests/exactness_test.py::ZeroSpreadTest::test_recal_keeps_zero_through_dataset_normalisation",
     "tests/exactness_test.py::PrecisionAtScaleTest::test_recal_at_2_pow_20",
+    # The app's own runs (a subprocess or a whole `experiments.train` main each, 12-19 s on an
+    # idle machine), all in train_test, the module that sets the tail of command 2 under
+    # `--dist loadscope`: its output, its NaN stop, its untrained-best warning, its resume
+    # refusal. The library paths they exercise keep fast tests of their own.
+    "tests/train_test.py::ExperimentMainTest::test_default_output_is_a_few_short_lines",
+    "tests/train_test.py::NonFiniteTest::"
+    "test_non_finite_update_stops_with_named_step_and_keeps_checkpoint",
+    "tests/train_test.py::ConfigChecksTest::test_untrained_best_checkpoint_is_named_in_the_table",
+    "tests/train_test.py::WorkdirRecordTest::"
+    "test_resume_with_another_method_is_refused_naming_the_field",
 })
 
 
