@@ -139,6 +139,27 @@ def _ratio(total: Array, count: Array) -> Array:
   return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
 
 
+def _two_pass(values, masks, reduce, take) -> list[Moments]:
+  """The module docstring's two passes for each column (masks[i] weights
+  values[i]). `reduce(columns, ops)` reduces row-wise columns per segment by
+  'max' / 'min' / 'sum' (all of a pass in one call); `take(table)` reads a
+  per-segment table back per row."""
+  members = [(v, m, m > 0) for v, m in zip(values, masks)]
+  first = reduce([y for v, m, inside in members
+                  for y in (jnp.where(inside, v, -jnp.inf), jnp.where(inside, v, jnp.inf), m,
+                            jnp.where(inside, m * v, 0.0))],
+                 ["max", "min", "sum", "sum"] * len(members))
+  counts = first[2::4]
+  shifts = [jnp.where(hi == lo, hi, _ratio(total, count))  # no spread: a member's value
+            for hi, lo, count, total in zip(first[0::4], first[1::4], counts, first[3::4])]
+  devs = [jnp.where(inside, v - take(shift), 0.0)
+          for (v, _, inside), shift in zip(members, shifts)]
+  second = reduce([y for (_, m, _), d in zip(members, devs) for y in (m * d, m * jnp.square(d))],
+                  ["sum", "sum"] * len(members))
+  return [Moments(c, shift, t, jnp.maximum(q - t * _ratio(t, c), 0.0))  # m2 = S2 - T^2 / n
+          for c, shift, t, q in zip(counts, shifts, second[0::2], second[1::2])]
+
+
 def _no_member_zero(shift: Array) -> Array:
   return jnp.where(jnp.isfinite(shift), shift, 0.0)
 
@@ -192,24 +213,15 @@ class Segmentation:
 
   def moments(self, values: Sequence[Array],
               masks: Sequence[Array]) -> list[Moments]:
-    """Masked `Moments` of each column (values[i] weighted by masks[i]):
-    count, sum, max and min in one pass, deviations in a second."""
-    members = [(v, m, m > 0) for v, m in zip(values, masks)]
-    his = [self.maxes(jnp.where(inside, v, -jnp.inf)) for v, _, inside in members]
-    los = [-self.maxes(jnp.where(inside, -v, -jnp.inf)) for v, _, inside in members]
-    first = self.sums([x for v, m, inside in members
-                       for x in (m, jnp.where(inside, m * v, 0.0))])
-    counts = first[0::2]
-    shifts = [jnp.where(hi == lo, hi, _ratio(t, c))
-              for c, t, hi, lo in zip(counts, first[1::2], his, los)]
-    devs = [jnp.where(inside, v - self.take(s), 0.0)
-            for (v, _, inside), s in zip(members, shifts)]
-    second = self.sums([x for (_, m, _), d in zip(members, devs)
-                        for x in (m * d, m * jnp.square(d))])
-    totals, squares = second[0::2], second[1::2]
-    m2s = [jnp.maximum(q - t * _ratio(t, c), 0.0)
-           for c, t, q in zip(counts, totals, squares)]
-    return [Moments(*f) for f in zip(counts, shifts, totals, m2s)]
+    """Masked `Moments` of each column (values[i] weighted by masks[i])."""
+    return _two_pass(values, masks, self.reduce, self.take)
+
+  def reduce(self, columns: Sequence[Array], ops: Sequence[str]) -> list[Array]:
+    """Per-segment 'sum' / 'max' / 'min' of row-wise columns -> list of `[S]`
+    (the sums in one `sums` call)."""
+    sums = iter(self.sums([c for c, op in zip(columns, ops) if op == "sum"]))
+    return [next(sums) if op == "sum" else self.maxes(c) if op == "max"
+            else -self.maxes(-c) for c, op in zip(columns, ops)]
 
   def deviation(self, values: Array, moments: Moments,
                 offset: Optional[Array] = None) -> Array:
@@ -315,26 +327,10 @@ class BlockSegments(Segmentation):
     return jnp.broadcast_to(local[:, None], self.block_shape).reshape(self.rows_shape)
 
   def block_moments(self, values, masks) -> list[Moments]:
-    """`[L]` moments of each block (no cross-device merge): the module
-    docstring's two passes as reductions along G of the `[L, G]` view.
-    (Reduce ops, not a tree of strided slices: XLA would fuse such a tree
-    into every row-wise consumer and redo it per row, G times the work.)"""
-    vs = [self.blocks(x) for x in values]
-    ms = [self.blocks(x) for x in masks]
-    inside = [m > 0 for m in ms]
-    first = _reduce_g(
-        [y for v, m, i in zip(vs, ms, inside)
-         for y in (jnp.where(i, v, -jnp.inf), jnp.where(i, v, jnp.inf), m,
-                   jnp.where(i, m * v, 0.0))],
-        ["max", "min", "sum", "sum"] * len(vs))
-    shifts, counts = [], first[2::4]
-    for hi, lo, count, total in zip(first[0::4], first[1::4], counts, first[3::4]):
-      shifts.append(jnp.where(hi == lo, hi, _ratio(total, count)))
-    devs = [jnp.where(i, v - s[:, None], 0.0) for v, i, s in zip(vs, inside, shifts)]
-    second = _reduce_g([y for d, m in zip(devs, ms) for y in (m * d, m * jnp.square(d))],
-                       ["sum", "sum"] * len(vs))
-    return [Moments(c, s, t, jnp.maximum(q - t * _ratio(t, c), 0.0))
-            for c, s, t, q in zip(counts, shifts, second[0::2], second[1::2])]
+    """`[L]` moments of each block (no cross-device merge): the two passes
+    as variadic reductions along G of the `[L, G]` view (`_reduce_g`)."""
+    return _two_pass([self.blocks(x) for x in values], [self.blocks(x) for x in masks],
+                     _reduce_g, lambda table: table[:, None])
 
   def local_sums(self, columns):
     return _reduce_g([self.blocks(c) for c in columns], ["sum"] * len(columns))
