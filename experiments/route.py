@@ -6,7 +6,7 @@ r"""Route queries from a JSONL file with a trained router.
 Each input line is a JSON object with `query` (text; featurised like the
 training data) or `features` (a list of D numbers), and optionally `query_id`
 and `dataset` (needed by routers trained with the dataset id, the `+id`
-routers of `experiments.compare`).
+routers of `experiments.compare`); any other field is an error for that line.
 Each output line (stdout, or --out) is the input's `query_id` (or its line
 number) with the chosen `model`, `strategy`, `arm`, `probability`,
 `predicted_score`, `expected_cost_usd` and, with --probabilities, every arm's
@@ -23,6 +23,7 @@ stop with one line too (exit status 2).
 from __future__ import annotations
 
 import collections
+import difflib
 import json
 import sys
 
@@ -48,6 +49,9 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
+QUERY_FIELDS = ("query", "features", "query_id", "dataset")
+
+
 class QueryFileError(ValueError):
   """The query file as a whole cannot be used."""
 
@@ -71,6 +75,13 @@ def read_queries(path: str):
         continue
       if not isinstance(record, dict):
         errors.append((line_number, "a line must be a JSON object"))
+        continue
+      unknown = sorted(set(record) - set(QUERY_FIELDS))
+      if unknown:  # as the training data does: a misspelt field is not silently ignored
+        close = difflib.get_close_matches(unknown[0], QUERY_FIELDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        errors.append((line_number, f"unknown field '{unknown[0]}'{hint} (known fields: "
+                       + ", ".join(f"'{k}'" for k in QUERY_FIELDS) + ")"))
         continue
       text, features = record.get("query"), record.get("features")
       if (text is None) == (features is None):

@@ -145,13 +145,15 @@ def test_query_file_errors_are_per_line(trained, tmp_path):
       json.dumps({"query_id": "c", "features": [0.0] * 3}),  # wrong dimension
       json.dumps({"query_id": "d", "text": "wrong field"}),
       json.dumps({"query_id": "e", "query": table.texts[1]}),
+      json.dumps({"qeury_id": "f", "query": table.texts[2]}),  # misspelt: not ignored
   ]) + "\n")
   items, errors = route_cli.read_queries(str(path))
   records, route_errors = route_cli.route_items(router, items)
   assert [r["query_id"] for _, r in records] == ["a", "e"]
   lines = dict(errors + route_errors)
-  assert set(lines) == {2, 3, 4}
+  assert set(lines) == {2, 3, 4, 6}
   assert "bad JSON" in lines[2] and "[Q, 512]" in lines[3] and "'query'" in lines[4]
+  assert "unknown field 'qeury_id'; did you mean 'query_id'?" in lines[6]
   empty = tmp_path / "empty.jsonl"
   empty.write_text("\n")
   with pytest.raises(route_cli.QueryFileError, match="has no queries"):
