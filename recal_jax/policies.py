@@ -28,13 +28,18 @@ Shapes: B queries, D features, A arms, T = `route_length` tokens, V vocabulary.
 dict):
 
   init(rng, feature_dim)                       -> params
-  sample(params, features [B, D], rng[, arm_mask [B, A]])
-                                               -> Routes (one route per row; the
+  sample(params, features [B, D], rng[, arm_mask [B * R, A]], repeats=R)
+                                               -> Routes [B * R] (R routes per
+                                                  query, query-major; the
                                                   categorical policy draws only
                                                   arms whose mask is True)
   greedy(params, features [B, D][, arm_mask])  -> Routes (argmax each token)
-  log_probs_and_entropy(params, features [B, D], tokens [B, T])
-                                               -> (log_probs [B, T], entropy [B, T])
+  log_probs_and_entropy(params, features [B, D], tokens [B * R, T], repeats=R)
+                                               -> (log_probs [B * R, T], entropy [B * R, T])
+
+`repeats` (default 1): row i of `features` is the query of rows
+i * R .. i * R + R - 1 of the routes, so the query network runs once per
+query, not once per route (G sampled routes per query share one encoding).
   parse_routes(tokens [..., T])                -> arm indices [...] (-1 malformed)
 """
 
@@ -81,7 +86,7 @@ class RouterPolicy(Protocol):
     ...
 
   def sample(self, params: Params, features: jax.Array, rng: jax.Array,
-             arm_mask: jax.Array | None = None) -> Routes:
+             arm_mask: jax.Array | None = None, repeats: int = 1) -> Routes:
     ...
 
   def greedy(self, params: Params, features: jax.Array,
@@ -89,11 +94,17 @@ class RouterPolicy(Protocol):
     ...
 
   def log_probs_and_entropy(self, params: Params, features: jax.Array,
-                            tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+                            tokens: jax.Array, repeats: int = 1
+                            ) -> tuple[jax.Array, jax.Array]:
     ...
 
   def parse_routes(self, tokens: jax.Array) -> jax.Array:
     ...
+
+
+def repeat_rows(x: jax.Array, repeats: int) -> jax.Array:
+  """[B, ...] -> [B * repeats, ...]: each row `repeats` times, in order."""
+  return x if repeats == 1 else jnp.repeat(x, repeats, axis=0)
 
 
 def _entropy_from_logits(logits: jax.Array) -> jax.Array:
@@ -174,11 +185,11 @@ class CategoricalPolicy:
                   token_mask=jnp.ones_like(log_probs, dtype=bool))
 
   def sample(self, params: Params, features: jax.Array, rng: jax.Array,
-             arm_mask: jax.Array | None = None) -> Routes:
-    """`arm_mask [B, A]`: only True arms are drawn (`available_logits`); the
-    recorded log-probs are the unmasked policy's, as `log_probs_and_entropy`
-    computes them, so the first PPO ratio is exactly 1."""
-    logits = self.logits(params, features)
+             arm_mask: jax.Array | None = None, repeats: int = 1) -> Routes:
+    """`arm_mask [B * R, A]`: only True arms are drawn (`available_logits`);
+    the recorded log-probs are the unmasked policy's, as
+    `log_probs_and_entropy` computes them, so the first PPO ratio is exactly 1."""
+    logits = repeat_rows(self.logits(params, features), repeats)
     return self._routes(logits, jax.random.categorical(
         rng, available_logits(logits, arm_mask), axis=-1))
 
@@ -188,9 +199,10 @@ class CategoricalPolicy:
     return self._routes(logits, jnp.argmax(available_logits(logits, arm_mask), axis=-1))
 
   def log_probs_and_entropy(self, params: Params, features: jax.Array,
-                            tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """features [B, D], tokens [B, 1] -> log_probs [B, 1], entropy [B, 1]."""
-    logits = self.logits(params, features)
+                            tokens: jax.Array, repeats: int = 1
+                            ) -> tuple[jax.Array, jax.Array]:
+    """features [B, D], tokens [B * R, 1] -> log_probs, entropy [B * R, 1]."""
+    logits = repeat_rows(self.logits(params, features), repeats)
     log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens, axis=-1)
     return log_probs, _entropy_from_logits(logits)[:, None]
 
@@ -260,10 +272,13 @@ class TokenRouterNetwork(nn.Module):
     self.cell = nn.GRUCell(features=self.state_dim)
     self.output_head = nn.Dense(self.vocab_size)
 
-  def encode(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """[B, D] -> (initial GRU state [B, S], query context [B, H])."""
+  def encode(self, features: jax.Array, repeats: int = 1
+             ) -> tuple[jax.Array, jax.Array]:
+    """[B, D] -> (initial GRU state, query context) [B * R, S], [B * R, H]:
+    each query encoded once, its encoding repeated R times."""
     context = self.query_encoder(features)
-    return jnp.tanh(self.initial_state(context)), context
+    return (repeat_rows(jnp.tanh(self.initial_state(context)), repeats),
+            repeat_rows(context, repeats))
 
   def step(self, state: jax.Array, context: jax.Array, previous_tokens: jax.Array,
            position: int) -> tuple[jax.Array, jax.Array]:
@@ -274,9 +289,10 @@ class TokenRouterNetwork(nn.Module):
     state, outputs = self.cell(state, inputs)
     return state, self.output_head(outputs)
 
-  def __call__(self, features: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Teacher forcing: features [B, D], tokens [B, T] -> logits [B, T, V]."""
-    state, context = self.encode(features)
+  def __call__(self, features: jax.Array, tokens: jax.Array,
+               repeats: int = 1) -> jax.Array:
+    """Teacher forcing: features [B, D], tokens [B * R, T] -> logits [B * R, T, V]."""
+    state, context = self.encode(features, repeats)
     previous = jnp.full(tokens.shape[:1], self.bos_id, jnp.int32)
     all_logits = []
     for position in range(self.route_length):
@@ -285,13 +301,14 @@ class TokenRouterNetwork(nn.Module):
       previous = tokens[:, position]
     return jnp.stack(all_logits, axis=1)
 
-  def decode(self, features: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """Samples (or, with `rng=None`, argmaxes) a route token by token.
+  def decode(self, features: jax.Array, rng: jax.Array | None,
+             repeats: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Samples (or, with `rng=None`, argmaxes) R routes per query token by token.
 
-    Returns tokens [B, T] int32 and their log-probs [B, T].
+    Returns tokens [B * R, T] int32 and their log-probs [B * R, T].
     """
-    state, context = self.encode(features)
-    previous = jnp.full(features.shape[:1], self.bos_id, jnp.int32)
+    state, context = self.encode(features, repeats)
+    previous = jnp.full(state.shape[:1], self.bos_id, jnp.int32)
     tokens, log_probs = [], []
     for position in range(self.route_length):
       state, logits = self.step(state, context, previous, position)
@@ -437,13 +454,13 @@ class TokenPolicy:
                   log_probs=log_probs, token_mask=self.token_mask(tokens))
 
   def sample(self, params: Params, features: jax.Array, rng: jax.Array,
-             arm_mask: jax.Array | None = None) -> Routes:
+             arm_mask: jax.Array | None = None, repeats: int = 1) -> Routes:
     """`arm_mask` is not applied: the route is written token by token and can
     name any arm (or none); a sampled arm with no outcome is masked out of the
     advantage and the loss (`rollout.lookup_outcomes`)."""
     del arm_mask
     tokens, log_probs = self.network.apply(
-        params, features, rng, method=TokenRouterNetwork.decode)
+        params, features, rng, repeats, method=TokenRouterNetwork.decode)
     return self._routes(tokens, log_probs)
 
   def greedy(self, params: Params, features: jax.Array,
@@ -454,9 +471,10 @@ class TokenPolicy:
     return self._routes(tokens, log_probs)
 
   def log_probs_and_entropy(self, params: Params, features: jax.Array,
-                            tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """features [B, D], tokens [B, 3] -> log_probs [B, 3], entropy [B, 3]."""
-    logits = self.network.apply(params, features, tokens)
+                            tokens: jax.Array, repeats: int = 1
+                            ) -> tuple[jax.Array, jax.Array]:
+    """features [B, D], tokens [B * R, 3] -> log_probs, entropy [B * R, 3]."""
+    logits = self.network.apply(params, features, tokens, repeats)
     log_probs = jnp.take_along_axis(
         jax.nn.log_softmax(logits, -1), tokens[..., None], axis=-1)[..., 0]
     return log_probs, _entropy_from_logits(logits)

@@ -133,14 +133,13 @@ def sample_routes(policy: policies.RouterPolicy, params, features: jax.Array,
                   arm_mask: jax.Array | None = None) -> policies.Routes:
   """Samples G routes for each of B queries: features [B, D] -> Routes [B * G].
 
+  The query network runs once per query (`repeats=G`), not once per route.
   `arm_mask [B, A]` (the table's `outcome_mask` rows): arms that were not run
   on a query are never drawn for it (categorical policy).
   """
-  repeated = jnp.repeat(features, group_size, axis=0)
-  if arm_mask is None:
-    return policy.sample(params, repeated, rng)
-  return policy.sample(params, repeated, rng,
-                       arm_mask=jnp.repeat(arm_mask, group_size, axis=0))
+  if arm_mask is not None:
+    arm_mask = jnp.repeat(arm_mask, group_size, axis=0)
+  return policy.sample(params, features, rng, arm_mask=arm_mask, repeats=group_size)
 
 
 def lookup_outcomes(table: DeviceTable, query_indices: jax.Array,

@@ -190,6 +190,49 @@ class TokenPolicyTest(parameterized.TestCase):
       policies.TokenPolicy.for_arms(("direct",), ("direct",))
 
 
+BOTH_POLICIES = (
+    ("categorical", lambda: policies.CategoricalPolicy(num_arms=4, hidden_dims=(16,),
+                                                       embedding_dim=8)),
+    ("token", _token_policy))
+
+
+class RepeatsTest(parameterized.TestCase):
+  """`repeats=R`: each query encoded once, its routes as if its features were
+  repeated R times (what `rollout.sample_routes` and the learner rely on)."""
+
+  @parameterized.named_parameters(*BOTH_POLICIES)
+  def test_repeats_equal_repeated_features(self, make):
+    policy, repeats = make(), 3
+    params = policy.init(jax.random.key(0), FEATURE_DIM)
+    features = _features(4)
+    repeated = jnp.repeat(features, repeats, axis=0)
+    rng = jax.random.key(7)
+    once = jax.jit(lambda p, f: policy.sample(p, f, rng, repeats=repeats))(params, features)
+    every = jax.jit(lambda p, f: policy.sample(p, f, rng))(params, repeated)
+    chex.assert_shape(once.arm_indices, (12,))
+    np.testing.assert_array_equal(once.tokens, every.tokens)
+    np.testing.assert_allclose(once.log_probs, every.log_probs, rtol=1e-5, atol=1e-6)
+    log_probs, entropy = policy.log_probs_and_entropy(params, features, once.tokens,
+                                                      repeats=repeats)
+    expected = policy.log_probs_and_entropy(params, repeated, once.tokens)
+    np.testing.assert_allclose(log_probs, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(entropy, expected[1], rtol=1e-5, atol=1e-6)
+
+  @parameterized.named_parameters(*BOTH_POLICIES)
+  def test_query_network_runs_once_per_query(self, make):
+    """The first dense layer of the query encoder sees [B, D], not [B * R, D]."""
+    policy, repeats = make(), 8
+    params = policy.init(jax.random.key(0), FEATURE_DIM)
+    features = _features(4)
+    tokens = policy.sample(params, features, jax.random.key(1), repeats=repeats).tokens
+    jaxpr = jax.make_jaxpr(lambda p: policy.log_probs_and_entropy(
+        p, features, tokens, repeats=repeats))(params)
+    rows = [eqn.invars[0].aval.shape[0] for eqn in jaxpr.jaxpr.eqns
+            if eqn.primitive.name == "dot_general"
+            and eqn.invars[0].aval.shape[-1] == FEATURE_DIM]
+    self.assertEqual(rows, [4])
+
+
 class MakePolicyTest(absltest.TestCase):
 
   def test_make_policy_from_config(self):

@@ -369,8 +369,8 @@ def main(argv=None) -> None:
       "is None on CPU). XLA MB = `lower(...).compile().memory_analysis()` of the "
       "step (temporaries / arguments incl. the device table / outputs).", "",
       speed_md, "",
-      "Both routers run the query network on every rollout (`sample_routes` "
-      "and the loss use features repeated G times), not once per query.", "",
+      "Both routers run the query encoder once per query (`repeats=G` in "
+      "`sample_routes` and the loss), then repeat its output over the G routes.", "",
       "Memory and what bounds the step (GFLOP and bytes from XLA's "
       "`cost_analysis()` of the compiled step; GFLOP/s = GFLOP / CPU seconds; "
       "minor page faults per timed step from `getrusage`):", "",

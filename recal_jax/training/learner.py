@@ -199,6 +199,7 @@ def make_learn_fn(policy: policies.RouterPolicy, tx: optax.GradientTransformatio
   entropy_coef = float(loss_config.entropy_coef)
   dual_clip = loss_config.dual_clip if loss_config.dual_clip else None
   num_updates = int(config.num_updates_per_batch)
+  group_size = int(config.group_size)
   if num_updates < 1:
     raise ValueError(f"config.num_updates_per_batch must be >= 1, got {num_updates}")
 
@@ -206,18 +207,22 @@ def make_learn_fn(policy: policies.RouterPolicy, tx: optax.GradientTransformatio
     recal = advantage.recal_advantages(
         rollout.components, rollout.group_ids, num_queries_per_batch,
         rollout.dataset_ids, num_datasets, rollout.mask, config=method,
-        dataset_state=state.dataset_stats, group_size=int(config.group_size))
+        dataset_state=state.dataset_stats, group_size=group_size)
     token_mask = rollout.token_mask & rollout.mask[:, None]
     normalizer = losses.global_normalizer(token_mask, mode, recal.weights)
+    # Rollouts are query-major, G rows per query with the query's features:
+    # the query network runs on the B queries once, not on the B * G rows.
+    query_features = rollout.features.reshape(
+        num_queries_per_batch, group_size, -1)[:, 0]
     ref_log_probs = None
     if kl_coef:
       ref_log_probs, _ = policy.log_probs_and_entropy(
-          state.ref_params, rollout.features, rollout.tokens)
+          state.ref_params, query_features, rollout.tokens, repeats=group_size)
       ref_log_probs = jax.lax.stop_gradient(ref_log_probs)
 
     def loss_fn(params):
       log_probs, entropy = policy.log_probs_and_entropy(
-          params, rollout.features, rollout.tokens)
+          params, query_features, rollout.tokens, repeats=group_size)
       return losses.policy_loss(
           log_probs, rollout.old_log_probs, recal.advantages, token_mask,
           ref_log_probs=ref_log_probs, sample_weights=recal.weights,
