@@ -47,6 +47,7 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
@@ -237,9 +238,10 @@ class Checkpointer:
     item's metadata (shapes, dtypes), so params saved by any device topology
     (e.g. a multi-host run) restore on one device.
     """
-    item = os.path.join(os.fspath(self.manager.directory), str(int(step)), "params")
-    with ocp.StandardCheckpointer() as reader:
-      metadata = reader.metadata(item).item_metadata
+    item = epath.Path(self.manager.directory) / str(int(step)) / "params"
+    # The item's handler reads its own metadata; a `Checkpointer` would also
+    # look for a step-level metadata file inside the item and log a warning.
+    metadata = ocp.StandardCheckpointHandler().metadata(item)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,11 @@ def test_load_restores_params_without_the_trainer(trained):
                        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert int(out.stdout.split()[-1]) == router_lib.Router.load(workdir).step
+  # Loading is quiet: no absl / Orbax warning lines (e.g. "Metadata file does
+  # not exist" from reading the params item through a step-level Checkpointer).
+  warnings = [line for line in out.stderr.splitlines()
+              if re.match(r"W\d{4} |WARNING:", line)]
+  assert not warnings, warnings
 
 
 def test_latest_and_step_checkpoints(trained):
