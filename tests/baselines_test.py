@@ -11,7 +11,6 @@ from recal_jax import baselines
 from recal_jax import evaluate
 from recal_jax.data.table import RoutingTable
 
-ROUTING_DATA = os.environ.get("RECAL_ROUTING_DATA", "/work/shared/routing_data")
 
 
 def hand_table(features=None) -> RoutingTable:
@@ -324,12 +323,15 @@ class TestSynthetic:
 
 # ------------------------------------------------------------------ real logs
 def _load_real(name):
-  if not os.path.isdir(ROUTING_DATA):
-    pytest.skip(f"real routing logs not found at {ROUTING_DATA}")
+  """The real log, from where the loader looks ($RECAL_ROUTING_DATA, else
+  <repo>/../shared/routing_data); skipped with that path when it is absent."""
   try:
     real = importlib.import_module("recal_jax.data.real")
   except ImportError as err:
     pytest.skip(f"recal_jax.data.real is not available ({err})")
+  routing_data = real.default_manual_dir()
+  if not os.path.isdir(routing_data):
+    pytest.skip(f"real routing logs not found at {routing_data}")
   return real.load_real_table(name)
 
 
